@@ -1,0 +1,7 @@
+"""DVC stage `train@MODEL`: `dgm train` for one model of `models` in the params."""
+
+import sys
+
+from dgm.cli import run_stage
+
+run_stage(["train", "--model", sys.argv[1], "--params", "configs/params.yaml"])

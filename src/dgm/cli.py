@@ -1,0 +1,153 @@
+"""The ``dgm`` command. User errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+
+from dgm.errors import DgmError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Deep generative models: prepare, train, evaluate, register, generate.")
+data_app = typer.Typer(add_completion=False, help="Raw data tracked by data.dvc.")
+app.add_typer(data_app, name="data")
+
+PARAMS = typer.Option(Path("configs/params.yaml"), "--params", help="DVC params file.")
+
+
+def _params(path: Path, dataset: str | None = None):
+    from dgm.config import load_params
+
+    params = load_params(path)
+    if dataset is not None:
+        params.data.name = dataset
+    return params
+
+
+@data_app.command("init")
+def data_init() -> None:
+    """Materialise data/ (tracked by data.dvc) from the embedded dataset, offline."""
+    from dgm.workflow import init_raw_data
+
+    print(f"raw data ready in {init_raw_data()}")
+
+
+@app.command()
+def prepare(params: Path = PARAMS, dataset: str = typer.Option(None, help="Override data.name."),
+            out: Path = typer.Option(None, help="Output directory.")) -> None:
+    """Turn a raw dataset into Parquet shards <out>/<split>/part-*.parquet."""
+    from dgm.workflow import prepare as run
+
+    run(_params(params, dataset), out=out)
+
+
+@app.command()
+def evaluator(params: Path = PARAMS) -> None:
+    """Train the evaluator classifier on the real train split."""
+    from dgm.workflow import train_evaluator
+
+    train_evaluator(_params(params))
+
+
+@app.command()
+def train(model: str = typer.Option(..., help="A key of `models` in the params file."),
+          params: Path = PARAMS,
+          run_name: str = typer.Option(None, help="Ray Train run name (default: timestamped)."),
+          resume: bool = typer.Option(False, help="Continue the latest (or named) run.")) -> None:
+    """Train a model with Ray Train, track it in MLflow."""
+    from dgm.workflow import train as run
+
+    run(_params(params), model, run_name=run_name, resume=resume)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option(None, help="Score this trained model of the pipeline."),
+    params: Path = PARAMS,
+    dataset: str = typer.Option(None, help="Dataset whose evaluator judges --samples."),
+    samples: Path = typer.Option(None, help="Parquet or .npz of images to score."),
+    output: Path = typer.Option(None, help="Metrics JSON to write (with --samples)."),
+) -> None:
+    """Score generated images with the evaluator's metrics."""
+    from dgm import workflow
+
+    if samples is None:
+        if model is None:
+            raise DgmError("give --model (a pipeline model) or --samples PATH")
+        workflow.evaluate(_params(params), model)
+        return
+    from dgm.data.parquet import read_meta
+    from dgm.evaluation.scoring import load_samples, score_images
+
+    p = _params(params, dataset)
+    lay = workflow.layout(p)
+    images = load_samples(samples, read_meta(lay.data_dir / "train"))
+    result = score_images(images, lay.data_dir, lay.evaluator_dir)
+    if output is not None:
+        workflow.write_json(result.metrics, output)
+    print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+
+
+@app.command()
+def register(model: str = typer.Option(..., help="A key of `models` in the params file."),
+             params: Path = PARAMS) -> None:
+    """Register the trained generator; move `champion` if it beats the incumbent."""
+    from dgm.workflow import register as run
+
+    run(_params(params), model)
+
+
+@app.command()
+def generate(
+    model_uri: str = typer.Option(..., help="e.g. models:/dgm-digits-gan@champion"),
+    num_samples: int = typer.Option(10_000, help="Number of images."),
+    output: Path = typer.Option(..., help="Parquet file to write (a PNG grid goes beside it)."),
+    seed: int = typer.Option(7, help="Same seed, same images."),
+    batch_size: int = typer.Option(1000, help="Images per batch (and per row group)."),
+) -> None:
+    """Generate images from a registered generator into Parquet."""
+    from dgm.generation.batch import generate as run
+
+    result = run(model_uri, num_samples, output, seed, batch_size)
+    print(f"wrote {result.num_samples} samples to {result.output} (grid: {result.grid})")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"dgm: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; turn user errors into one line on stderr and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except DgmError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``dgm`` console script."""
+    try:
+        result = guarded(app, args=argv, standalone_mode=False)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+def run_stage(argv: list[str]) -> None:
+    """Entry of the DVC stage scripts in ``pipelines/``: ``dgm`` with these arguments."""
+    main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Typed configuration: ``configs/params.yaml`` validated by pydantic models.
+
+Unknown keys and wrong types are reported in one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dgm.errors import DgmError
+from dgm.models.registry import MODEL_CONFIGS, ModelConfig
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # datasets without a test split
+    seed: int = 0
+    shard_rows: Annotated[int, Field(gt=0)] = 20_000
+    allow_download: bool = False
+
+
+class EvaluatorConfig(Section):
+    epochs: Annotated[int, Field(gt=0)] = 30
+    batch_size: Annotated[int, Field(gt=0)] = 128
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    patience: Annotated[int, Field(gt=0)] = 5
+    seed: int = 0
+
+
+class TrainConfig(Section):
+    epochs: Annotated[int, Field(gt=0)] = 30
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    use_gpu: Literal["auto"] | bool = "auto"
+    seed: int = 0
+    sample_every: Annotated[int, Field(gt=0)] = 5
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+
+
+class EvaluateConfig(Section):
+    num_samples: Annotated[int, Field(gt=0)] = 2000
+    batch_size: Annotated[int, Field(gt=0)] = 500
+    seed: int = 123
+
+
+class RegisterConfig(Section):
+    metric: str = "fid"
+    mode: Literal["min", "max"] = "min"
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
+class GenerateConfig(Section):
+    num_samples: Annotated[int, Field(gt=0)] = 10_000
+    batch_size: Annotated[int, Field(gt=0)] = 1000
+    seed: int = 7
+
+
+class Params(Section):
+    """Everything in ``configs/params.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    data: DataConfig = DataConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    generate: GenerateConfig = GenerateConfig()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _family_from_name(cls, value: Any) -> Any:
+        # ``models: {gan: {...}}`` may omit ``family`` when the key names the family.
+        if isinstance(value, dict):
+            return {
+                key: ({"family": key, **cfg} if isinstance(cfg, dict) and "family" not in cfg
+                      and key in MODEL_CONFIGS else cfg)
+                for key, cfg in value.items()
+            }
+        return value
+
+    def model(self, name: str) -> ModelConfig:
+        """The config of model ``name`` (a key of ``models``)."""
+        try:
+            return self.models[name]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise DgmError(f"unknown model {name!r} (configured: {known})") from None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: ``source: key.path: message`` for each problem."""
+    parts = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        msg = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_params(path: str | Path = "configs/params.yaml") -> Params:
+    """Read and validate the params file; raise :class:`DgmError` with one line on error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DgmError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise DgmError(f"{path}: invalid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise DgmError(f"{path}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise DgmError(format_validation_error(exc, str(path))) from None

@@ -1,0 +1,1 @@
+"""Raw datasets → verified arrays → Parquet shards → tensors."""

@@ -1,0 +1,28 @@
+"""Arrow → tensors: prepared splits as PyTorch datasets, without per-row Python loops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from dgm.data.parquet import read_split
+
+
+def to_float_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [0, 1] → uint8 (N, H, W, C)."""
+    scaled = images.detach().cpu().clamp(0, 1).mul(255).round_().to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def load_split_tensors(root: str | Path, split: str) -> TensorDataset:
+    """A ``TensorDataset`` of (images float (N, C, H, W) in [0, 1], labels int64)."""
+    data = read_split(root, split)
+    return TensorDataset(to_float_tensor(data.images), torch.from_numpy(data.labels))

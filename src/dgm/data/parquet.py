@@ -1,0 +1,203 @@
+"""The Parquet layout of image datasets.
+
+``<root>/<split>/part-NNNNN.parquet`` for split in train/val/test, one row per image:
+
+- ``image``: ``fixed_size_binary[H*W*C]``, uint8 pixels in H×W×C (row-major) order;
+- ``label``: ``int64``, nullable (null for unlabelled images);
+- generated samples add ``seed`` (``int64``).
+
+Schema metadata (``dgm.*`` keys): dataset name, height, width, channels, class names (JSON)
+and the raw files' checksums (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dgm.data.sources import RawDataset
+from dgm.errors import DgmError
+from dgm.paths import atomic_path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a Parquet file says about its images."""
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    class_names: tuple[str, ...] = ()
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image_bytes(self) -> int:
+        return self.height * self.width * self.channels
+
+    @property
+    def shape_chw(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        return {
+            b"dgm.dataset": self.name.encode(),
+            b"dgm.height": str(self.height).encode(),
+            b"dgm.width": str(self.width).encode(),
+            b"dgm.channels": str(self.channels).encode(),
+            b"dgm.class_names": json.dumps(list(self.class_names)).encode(),
+            b"dgm.checksums": json.dumps(self.checksums, sort_keys=True).encode(),
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[bytes, bytes] | None, source: str) -> DatasetMeta:
+        md = metadata or {}
+        try:
+            return cls(
+                name=md[b"dgm.dataset"].decode(),
+                height=int(md[b"dgm.height"]),
+                width=int(md[b"dgm.width"]),
+                channels=int(md[b"dgm.channels"]),
+                class_names=tuple(json.loads(md.get(b"dgm.class_names", b"[]"))),
+                checksums=json.loads(md.get(b"dgm.checksums", b"{}")),
+            )
+        except (KeyError, ValueError):
+            raise DgmError(f"{source}: not a dgm image Parquet file (no dgm.* metadata)") from None
+
+
+@dataclass
+class ImageSet:
+    """Images uint8 (N, H, W, C) and labels int64 (N,), -1 where the label is null."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    meta: DatasetMeta
+
+
+def schema(meta: DatasetMeta, with_seed: bool = False) -> pa.Schema:
+    fields = [
+        pa.field("image", pa.binary(meta.image_bytes), nullable=False),
+        pa.field("label", pa.int64(), nullable=True),
+    ]
+    if with_seed:
+        fields.append(pa.field("seed", pa.int64(), nullable=False))
+    return pa.schema(fields, metadata=meta.to_metadata())
+
+
+def images_to_table(
+    images: np.ndarray, labels: np.ndarray | None, meta: DatasetMeta, seed: int | None = None
+) -> pa.Table:
+    """Build a table of the layout above from uint8 (N, H, W, C) images; no per-row Python."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    n = images.shape[0]
+    if images.shape[1:] != (meta.height, meta.width, meta.channels):
+        raise DgmError(f"images of shape {images.shape[1:]} do not match {meta.name}")
+    image_col = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(meta.image_bytes), n, [None, pa.py_buffer(images.reshape(-1))]
+    )
+    if labels is None:
+        label_col = pa.nulls(n, pa.int64())
+    else:
+        labels = np.asarray(labels, dtype=np.int64)
+        label_col = pa.array(labels, mask=labels < 0)
+    columns = [image_col, label_col]
+    if seed is not None:
+        columns.append(pa.array(np.full(n, seed, dtype=np.int64)))
+    return pa.Table.from_arrays(columns, schema=schema(meta, with_seed=seed is not None))
+
+
+def decode_table(table: pa.Table, meta: DatasetMeta) -> ImageSet:
+    """Images and labels of a table as NumPy arrays, zero-copy where Arrow allows."""
+    col = table.column("image").combine_chunks() if table.num_rows else None
+    n = table.num_rows
+    if col is None:
+        images = np.empty((0, meta.height, meta.width, meta.channels), np.uint8)
+    else:
+        if col.null_count:
+            raise DgmError(f"{meta.name}: null images in Parquet data")
+        buf = col.buffers()[1]
+        width = meta.image_bytes
+        flat = np.frombuffer(buf, dtype=np.uint8, count=n * width, offset=col.offset * width)
+        images = flat.reshape(n, meta.height, meta.width, meta.channels)
+    labels = table.column("label").to_numpy(zero_copy_only=False)
+    labels = np.where(np.isnan(labels), -1, labels) if labels.dtype.kind == "f" else labels
+    return ImageSet(images=images, labels=labels.astype(np.int64), meta=meta)
+
+
+def split_indices(
+    n: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministically carve ``fraction`` of ``range(n)``: (kept, carved), each sorted."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_carved = max(1, int(round(n * fraction)))
+    return np.sort(order[n_carved:]), np.sort(order[:n_carved])
+
+
+def write_dataset(
+    raw: RawDataset,
+    out: str | Path,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    shard_rows: int,
+) -> dict[str, int]:
+    """Write train/val/test Parquet shards of ``raw`` under ``out``; return rows per split.
+
+    The test split is the dataset's own when it has one, else carved with ``seed``; val is
+    carved from train with ``seed``. The whole directory appears atomically.
+    """
+    height, width, channels = raw.train_images.shape[1:]
+    meta = DatasetMeta(raw.name, height, width, channels, tuple(raw.class_names), raw.checksums)
+    images, labels = raw.train_images, raw.train_labels
+    if raw.test_images is None:
+        keep, test = split_indices(len(images), test_fraction, seed)
+        test_images, test_labels = images[test], labels[test]
+        images, labels = images[keep], labels[keep]
+    else:
+        test_images, test_labels = raw.test_images, raw.test_labels
+    keep, val = split_indices(len(images), val_fraction, seed + 1)
+    splits = {
+        "train": (images[keep], labels[keep]),
+        "val": (images[val], labels[val]),
+        "test": (test_images, test_labels),
+    }
+    with atomic_path(out) as tmp:
+        for split, (imgs, labs) in splits.items():
+            (tmp / split).mkdir(parents=True)
+            for shard, start in enumerate(range(0, len(imgs), shard_rows)):
+                table = images_to_table(imgs[start : start + shard_rows],
+                                        labs[start : start + shard_rows], meta)
+                pq.write_table(table, tmp / split / f"part-{shard:05d}.parquet")
+    return {split: len(imgs) for split, (imgs, _) in splits.items()}
+
+
+def read_meta(path: str | Path) -> DatasetMeta:
+    """Dataset metadata of a Parquet file or of the first shard under a directory."""
+    path = Path(path)
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise DgmError(f"no Parquet data at {path}")
+    return DatasetMeta.from_metadata(pq.read_schema(files[0]).metadata, str(files[0]))
+
+
+def read_images(path: str | Path) -> ImageSet:
+    """All images of a Parquet file or a directory of shards."""
+    path = Path(path)
+    meta = read_meta(path)
+    table = pq.read_table(path, columns=["image", "label"])
+    return decode_table(table, meta)
+
+
+def read_split(root: str | Path, split: str) -> ImageSet:
+    """The images of one split of a prepared dataset."""
+    if split not in SPLITS:
+        raise DgmError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    return read_images(Path(root) / split)

@@ -1,0 +1,1 @@
+"""The in-domain evaluator classifier and the metrics computed in its feature space."""

@@ -1,0 +1,135 @@
+"""A small CNN trained on the real train split; its penultimate layer is the feature space."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dgm.errors import DgmError
+from dgm.paths import atomic_path
+
+FORMAT = "dgm-evaluator/1"
+FEATURE_DIM = 128
+
+
+class Classifier(nn.Module):
+    """conv-conv-pool ×2 → 128-d features → class logits; any H, W divisible by 4."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, dropout: float = 0.3):
+        super().__init__()
+        channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise DgmError(f"evaluator needs image sides divisible by 4, got {height}x{width}")
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.embed = nn.Sequential(
+            nn.Linear(64 * (height // 4) * (width // 4), FEATURE_DIM), nn.ReLU(True))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURE_DIM, num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class FitReport:
+    best_epoch: int
+    val_accuracy: float
+    epochs_run: int
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, data: TensorDataset, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for x, y in DataLoader(data, batch_size=batch_size):
+        correct += (model(x).argmax(1) == y).sum().item()
+    return correct / max(1, len(data))
+
+
+def train_classifier(
+    train: TensorDataset, val: TensorDataset, image_shape, num_classes: int, *,
+    epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
+    log=print,
+) -> tuple[Classifier, FitReport]:
+    """Adam with early stopping on validation accuracy; returns the best model."""
+    torch.manual_seed(seed)
+    model = Classifier(image_shape, num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    best, best_acc, best_epoch, since_best, epoch = None, -1.0, 0, 0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        val_acc = accuracy(model, val)
+        if log:
+            log(f"evaluator epoch {epoch}/{epochs} loss={loss.item():.4f} val_acc={val_acc:.4f}")
+        if val_acc > best_acc:
+            best, best_acc, best_epoch, since_best = copy.deepcopy(model.state_dict()), val_acc, \
+                epoch, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    model.load_state_dict(best)
+    model.eval()
+    return model, FitReport(best_epoch=best_epoch, val_accuracy=best_acc, epochs_run=epoch)
+
+
+def save_classifier(model: Classifier, path: str | Path, version: str) -> Path:
+    payload = {
+        "format": FORMAT, "version": version, "image_shape": list(model.image_shape),
+        "num_classes": model.num_classes, "state_dict": model.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    path = Path(path)
+    if not path.is_file():
+        raise DgmError(f"evaluator not found: {path} (run the `evaluator` stage first)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DgmError(f"{path} is not a dgm evaluator")
+    model = Classifier(tuple(payload["image_shape"]), payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+@torch.no_grad()
+def extract(model: Classifier, images: torch.Tensor, batch_size: int = 1000):
+    """Features (N, 128) and class probabilities (N, K) as float64 NumPy arrays."""
+    model.eval()
+    feats, probs = [], []
+    for start in range(0, len(images), batch_size):
+        f = model.features(images[start : start + batch_size])
+        feats.append(f)
+        probs.append(torch.softmax(model.head(f), dim=1))
+    if not feats:
+        return np.empty((0, FEATURE_DIM)), np.empty((0, model.num_classes))
+    return torch.cat(feats).double().numpy(), torch.cat(probs).double().numpy()

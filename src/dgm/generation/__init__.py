@@ -1,0 +1,1 @@
+"""Batch generation from registered generators."""

@@ -1,0 +1,1 @@
+"""Generative model families; each owns its networks, optimizers, ``train_step`` and sampler."""

@@ -1,0 +1,1 @@
+"""MLflow: runs, artifacts, the pyfunc generator and the model registry (only here)."""

@@ -1,0 +1,153 @@
+"""MLflow runs addressed by id, so the driver and Ray workers log to the same run."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from dgm.paths import project_root
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI``, else an absolute SQLite file at the project root.
+
+    Absolute, because Ray workers run in another directory and a relative
+    ``sqlite:///mlflow.db`` would silently create a second store there.
+    """
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def is_default_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and TRACKING_ENV not in os.environ
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(name: str, uri: str | None = None) -> str:
+    """Id of experiment ``name``, created once (by the driver) if absent.
+
+    With the default SQLite store, artifacts go to ``mlartifacts/`` beside it.
+    """
+    uri = uri or tracking_uri()
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if is_default_store(uri):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}``."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def start_run(
+    experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+    uri: str | None = None,
+) -> str:
+    """Create a run with flattened params and tags; return its id."""
+    uri = uri or tracking_uri()
+    exp_id = ensure_experiment(experiment, uri)
+    c = client(uri)
+    run = c.create_run(exp_id, run_name=run_name, tags=dict(tags))
+    flat = flatten(params)
+    items = list(flat.items())
+    for start in range(0, len(items), 100):
+        c.log_batch(
+            run.info.run_id,
+            params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[start : start + 100]],
+        )
+    return run.info.run_id
+
+
+class RunLogger:
+    """Logs metrics, images and files to one run by id (usable from any process)."""
+
+    def __init__(self, run_id: str, uri: str):
+        self.run_id = run_id
+        self.client = client(uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
+        )
+
+    def log_png(self, image: np.ndarray, artifact_file: str) -> None:
+        """Log a uint8 (H, W, C) image as a PNG artifact."""
+        from PIL import Image
+
+        array = image[..., 0] if image.shape[-1] == 1 else image
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(buf.getvalue())
+            self.log_file(path, str(Path(artifact_file).parent).strip("."))
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path or None)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(self.run_id, "dgm.failure_reason", reason[:5000])
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(
+            getattr(RunStatus, status)))
+
+
+def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
+    """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
+    from dgm.tracking.pyfunc import generator_signature, pyfunc_source
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=pyfunc_source(),
+            artifacts={"generator": str(generator_file)},
+            signature=generator_signature(image_shape),
+            pip_requirements=_requirements(),
+        )
+    # Leaving the ``with`` block ends the run as FINISHED; the caller decides the final status.
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "mlflow", "pydantic")] + [
+        f"dgm=={version('dgm')}"
+    ]

@@ -1,0 +1,92 @@
+"""The MLflow pyfunc around a dgm generator: ``predict`` returns uint8 images.
+
+The model is logged "from code" (``pyfunc_model.py``): nothing is pickled, the
+generator's weights travel as an artifact loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+MAX_SAMPLES_PER_REQUEST = 100_000
+
+
+def pyfunc_source() -> str:
+    """Path of the models-from-code file."""
+    return str(Path(__file__).with_name("pyfunc_model.py"))
+
+
+def generator_signature(image_shape) -> ModelSignature:
+    """Inputs: ``num_samples`` and ``seed`` (columns or params); output: (N, H, W, C) uint8."""
+    channels, height, width = image_shape
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "num_samples", required=False),
+                       ColSpec("long", "seed", required=False)]),
+        outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, height, width, channels))]),
+        params=ParamSchema([ParamSpec("num_samples", "long", 64), ParamSpec("seed", "long", 0)]),
+    )
+
+
+def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
+    """``(num_samples, seed)`` from the first input row, overridden by explicit params."""
+    args = {"num_samples": 64, "seed": 0}
+    if model_input is not None:
+        if hasattr(model_input, "to_dict"):
+            rows = model_input.to_dict(orient="records")
+            row = rows[0] if rows else {}
+        elif isinstance(model_input, dict):
+            row = {k: (v[0] if isinstance(v, (list, tuple, np.ndarray)) else v)
+                   for k, v in model_input.items()}
+        else:
+            row = {}
+        args.update({k: row[k] for k in args if k in row and row[k] is not None})
+    if params:
+        args.update({k: params[k] for k in args if params.get(k) is not None})
+    num_samples, seed = int(args["num_samples"]), int(args["seed"])
+    if not 0 < num_samples <= MAX_SAMPLES_PER_REQUEST:
+        raise ValueError(f"num_samples must be in 1..{MAX_SAMPLES_PER_REQUEST}, got {num_samples}")
+    return num_samples, seed
+
+
+class LoadedGenerator:
+    """A registered dgm generator pulled from MLflow: ``predict(num_samples, seed)``."""
+
+    def __init__(self, pyfunc_model):
+        self._pyfunc = pyfunc_model
+        inner = pyfunc_model.unwrap_python_model()
+        generator = getattr(inner, "generator", None)
+        if generator is None or not hasattr(generator, "image_shape"):
+            raise TypeError("not a dgm generator")
+        self.image_shape = tuple(generator.image_shape)
+        self.extra = dict(getattr(generator, "extra", {}) or {})
+
+    def predict(self, num_samples: int, seed: int) -> np.ndarray:
+        import pandas as pd
+
+        request = pd.DataFrame({"num_samples": [num_samples], "seed": [seed]}, dtype="int64")
+        return self._pyfunc.predict(request)
+
+
+def load_generator_model(model_uri: str) -> LoadedGenerator:
+    """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``) as a dgm generator."""
+    import mlflow
+
+    from dgm.errors import DgmError
+    from dgm.tracking.mlflow_runs import tracking_uri
+    from dgm.tracking.registry import resolve_model_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    resolve_model_uri(model_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:
+        raise DgmError(f"cannot load {model_uri}: {str(exc).splitlines()[0]}") from None
+    try:
+        return LoadedGenerator(model)
+    except (TypeError, AttributeError):
+        raise DgmError(f"{model_uri} is not a dgm generator") from None

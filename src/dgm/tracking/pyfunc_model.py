@@ -1,0 +1,26 @@
+"""Models-from-code entry for MLflow: the dgm generator as a pyfunc."""
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class GeneratorModel(PythonModel):
+    """Samples uint8 (N, H, W, C) images from a dgm generator."""
+
+    def load_context(self, context):
+        import torch
+
+        from dgm.models.generator import load_generator
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.generator = load_generator(context.artifacts["generator"], device=device)
+
+    def predict(self, context, model_input, params=None):
+        from dgm.models.generator import sample_uint8
+        from dgm.tracking.pyfunc import request_args
+
+        num_samples, seed = request_args(model_input, params)
+        return sample_uint8(self.generator, num_samples, seed)
+
+
+mlflow.models.set_model(GeneratorModel())

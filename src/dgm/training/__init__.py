@@ -1,0 +1,1 @@
+"""One training loop for every family, and Ray Train around it."""

@@ -1,0 +1,70 @@
+"""The training loop shared by every model family. It knows nothing of Ray or MLflow."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+
+from dgm.errors import TrainingDiverged
+from dgm.models.base import GenerativeModel
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def check_finite(metrics: dict[str, float], epoch: int, step: int) -> None:
+    """Raise :class:`TrainingDiverged` naming the first non-finite metric."""
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{key} became {value} at epoch {epoch}, step {step}")
+
+
+def train_epochs(
+    model: GenerativeModel,
+    loader: Iterable,
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    on_epoch_end: EpochCallback | None = None,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, float]]:
+    """Train epochs ``start_epoch+1 .. epochs``; return each epoch's mean metrics.
+
+    ``on_epoch_end(epoch, metrics)`` runs after every epoch (checkpointing, reporting).
+    A non-finite loss stops training with :class:`TrainingDiverged` before the epoch ends,
+    so the last checkpoint written is the last good one.
+    """
+    model.train()
+    history = []
+    for epoch in range(start_epoch + 1, epochs + 1):
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in loader:
+            images, labels = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (
+                batch, None)
+            step_metrics = model.train_step(images, labels)
+            check_finite(step_metrics, epoch, steps)
+            for key, value in step_metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            steps += 1
+        if steps == 0:
+            raise ValueError("the data loader produced no batches (batch size > dataset?)")
+        metrics = {key: total / steps for key, total in sums.items()}
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        history.append({"epoch": epoch, **metrics})
+        if log is not None:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch_seconds")
+            log(f"epoch {epoch}/{epochs} {shown} ({metrics['epoch_seconds']:.1f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    return history
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

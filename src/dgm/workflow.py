@@ -1,0 +1,296 @@
+"""The pipeline's steps as functions: what the CLI and the DVC stage scripts call.
+
+Each step reads typed params, calls the library, and writes its declared outputs under
+``artifacts/`` (see :class:`Layout`), atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dgm.config import Params
+from dgm.errors import DgmError
+from dgm.paths import atomic_path, project_root
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, for one dataset."""
+
+    root: Path
+    dataset: str
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def raw_dir(self) -> Path:
+        """The DVC-tracked raw data (``data.dvc``)."""
+        return self.root / "data"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.artifacts / "data" / self.dataset
+
+    @property
+    def evaluator_dir(self) -> Path:
+        return self.artifacts / "evaluator" / self.dataset
+
+    def model_dir(self, model: str) -> Path:
+        return self.artifacts / "models" / self.dataset / model
+
+    def eval_dir(self, model: str) -> Path:
+        return self.artifacts / "eval" / self.dataset / model
+
+    def registry_file(self, model: str) -> Path:
+        return self.artifacts / "registry" / self.dataset / f"{model}.json"
+
+    def samples_file(self, model: str) -> Path:
+        return self.artifacts / "samples" / self.dataset / f"{model}.parquet"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.artifacts / "ray_results"
+
+
+def layout(params: Params, root: Path | None = None) -> Layout:
+    return Layout(root=(root or project_root()).resolve(), dataset=params.data.name)
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DgmError(f"{what} not found: {path}")
+    return json.loads(path.read_text())
+
+
+# --- prepare --------------------------------------------------------------------------------
+def prepare(params: Params, out: Path | None = None, root: Path | None = None) -> dict[str, int]:
+    """Raw dataset → Parquet shards under ``artifacts/data/<dataset>``."""
+    from dgm.data.parquet import write_dataset
+    from dgm.data.sources import load_raw, search_dirs
+
+    lay = layout(params, root)
+    raw = load_raw(params.data.name, search_dirs(lay.raw_dir), params.data.allow_download)
+    rows = write_dataset(
+        raw, out or lay.data_dir, val_fraction=params.data.val_fraction,
+        test_fraction=params.data.test_fraction, seed=params.data.seed,
+        shard_rows=params.data.shard_rows,
+    )
+    print(f"prepared {params.data.name}: " + ", ".join(f"{k}={v}" for k, v in rows.items()))
+    return rows
+
+
+def init_raw_data(root: Path | None = None) -> Path:
+    """Materialise ``data/`` (tracked by ``data.dvc``) without a DVC remote.
+
+    ``data/digits`` receives scikit-learn's embedded ``digits.csv.gz`` — the exact bytes
+    ``data.dvc`` records — so a fresh clone reproduces offline. IDX datasets are read from
+    ``$DGM_DATA_DIR`` or downloaded by ``prepare``; a team with a remote uses ``dvc pull``.
+    """
+    import shutil
+
+    from dgm.data.sources import DIGITS_FILE, digits_file
+
+    data = (root or project_root()) / "data"
+    target = data / "digits" / DIGITS_FILE
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(digits_file([]), tmp)
+    return data
+
+
+# --- evaluator ------------------------------------------------------------------------------
+def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
+    """Train the domain classifier on the real train split; save it and its metrics."""
+    from dgm.data.loading import load_split_tensors
+    from dgm.data.parquet import read_meta
+    from dgm.evaluation.classifier import accuracy, save_classifier, train_classifier
+
+    lay = layout(params, root)
+    meta = read_meta(lay.data_dir / "train")
+    train = load_split_tensors(lay.data_dir, "train")
+    val = load_split_tensors(lay.data_dir, "val")
+    test = load_split_tensors(lay.data_dir, "test")
+    cfg = params.evaluator
+    model, report = train_classifier(
+        train, val, meta.shape_chw, max(len(meta.class_names), 1), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        patience=cfg.patience, seed=cfg.seed,
+    )
+    metrics = {"test_accuracy": accuracy(model, test), "val_accuracy": report.val_accuracy,
+               "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}
+    digest = hashlib.sha256((cfg.model_dump_json() + json.dumps(meta.checksums, sort_keys=True))
+                            .encode()).hexdigest()[:12]
+    version = f"{params.data.name}-{digest}"
+    save_classifier(model, lay.evaluator_dir / "classifier.pt", version=version)
+    write_json(metrics, lay.evaluator_dir / "metrics.json")
+    _log_evaluator(params, metrics, lay)
+    print(f"evaluator test accuracy {metrics['test_accuracy']:.4f}")
+    return metrics
+
+
+def _log_evaluator(params: Params, metrics: dict[str, Any], lay: Layout) -> None:
+    from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri
+
+    uri = tracking_uri(lay.root)
+    run_id = start_run(f"dgm-{params.data.name}", "evaluator",
+                       {"evaluator": params.evaluator.model_dump(), "data": params.data.model_dump()},
+                       {"dgm.stage": "evaluator", "dgm.dataset": params.data.name}, uri=uri)
+    logger = RunLogger(run_id, uri)
+    logger.log_metrics({k: float(v) for k, v in metrics.items()})
+    logger.log_file(lay.evaluator_dir / "classifier.pt", "evaluator")
+    logger.end()
+
+
+# --- train ----------------------------------------------------------------------------------
+def train(params: Params, model_name: str, root: Path | None = None, run_name: str | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs."""
+    from dgm.data.parquet import read_meta
+    from dgm.training import ray_train
+    from dgm.tracking.mlflow_runs import RunLogger, log_generator, start_run, tracking_uri
+
+    lay = layout(params, root)
+    model_cfg = params.model(model_name)
+    meta = read_meta(lay.data_dir / "train")
+    prefix = f"{params.data.name}-{model_name}-"
+    if resume:
+        run_name = run_name or ray_train.latest_run_name(lay.ray_storage, prefix)
+        if run_name is None:
+            raise DgmError(f"--resume: no earlier run {prefix}* under {lay.ray_storage}")
+    run_name = run_name or prefix + ray_train.timestamp()
+    uri = tracking_uri(lay.root)
+    run_file = lay.ray_storage / ".mlflow" / f"{run_name}.json"
+    if resume and run_file.is_file():
+        run_id = json.loads(run_file.read_text())["run_id"]
+    else:
+        run_id = start_run(
+            f"dgm-{params.data.name}", run_name,
+            {"data": params.data.model_dump(), "model": model_cfg.model_dump(),
+             "train": params.train.model_dump()},
+            {"dgm.stage": "train", "dgm.dataset": params.data.name, "dgm.model": model_name},
+            uri=uri,
+        )
+        write_json({"run_id": run_id}, run_file)
+    logger = RunLogger(run_id, uri)
+    try:
+        history, state = ray_train.fit(
+            dataset_dir=lay.data_dir, model_config=model_cfg, train_config=params.train,
+            storage_path=lay.ray_storage, run_name=run_name, run_id=run_id, tracking_uri=uri,
+        )
+    except BaseException as exc:
+        reason = logger.client.get_run(run_id).data.tags.get("dgm.failure_reason")
+        logger.end("FAILED", reason or str(exc))
+        if reason:
+            raise DgmError(f"training stopped: {reason}") from None
+        raise
+    out = lay.model_dir(model_name)
+    state.setdefault("extra", {})
+    generator_path = ray_train.write_outputs(state, history, out)
+    _attach_dataset_info(generator_path, meta)
+    logger.log_file(out / "history.csv", "curves")
+    _log_loss_plot(logger, history, out)
+    model_uri = log_generator(run_id, generator_path, meta.shape_chw, uri)
+    logger.end("FINISHED")
+    info = {"run_id": run_id, "model_uri": model_uri, "run_name": run_name,
+            "dataset": params.data.name, "model": model_name, "epochs": len(history),
+            "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}}
+    write_json(info, out / "run.json")
+    return info
+
+
+def _attach_dataset_info(generator_path: Path, meta) -> None:
+    """Record dataset name, class names and raw checksums inside ``generator.pt``."""
+    import torch
+
+    payload = torch.load(generator_path, map_location="cpu", weights_only=True)
+    payload["extra"].update({"dataset": meta.name, "class_names": list(meta.class_names),
+                             "checksums": dict(meta.checksums)})
+    with atomic_path(generator_path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _log_loss_plot(logger, history: list[dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[0] if k not in ("epoch", "epoch_seconds")] if history else []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [row["epoch"] for row in history]
+    for key in keys:
+        ax.plot(epochs, [row[key] for row in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "loss_curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    logger.log_file(path, "curves")
+    path.unlink()
+
+
+# --- evaluate -------------------------------------------------------------------------------
+def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[str, float]:
+    """Score a trained generator's samples against the real train split."""
+    from dgm.evaluation.scoring import score_images
+    from dgm.images import save_grid
+    from dgm.models.generator import load_generator, sample_uint8
+    from dgm.tracking.mlflow_runs import RunLogger, tracking_uri
+
+    lay = layout(params, root)
+    model_dir = lay.model_dir(model_name)
+    generator = load_generator(model_dir / "generator.pt")
+    cfg = params.evaluate
+    images = sample_uint8(generator, cfg.num_samples, cfg.seed)
+    out = lay.eval_dir(model_name)
+    result = score_images(images, lay.data_dir, lay.evaluator_dir)
+    evaluator = read_json(lay.evaluator_dir / "metrics.json", "evaluator metrics")
+    result.metrics["evaluator_test_accuracy"] = float(evaluator["test_accuracy"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result.metrics, out / "metrics.json")
+    save_grid(images, out / "samples.png")
+    result.save_histogram(out / "class_histogram.png")
+    run = read_json(model_dir / "run.json", "training record")
+    logger = RunLogger(run["run_id"], tracking_uri(lay.root))
+    logger.log_metrics({f"eval_{k}": v for k, v in result.metrics.items()})
+    logger.log_file(out / "samples.png", "evaluation")
+    logger.log_file(out / "class_histogram.png", "evaluation")
+    print(f"{model_name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+    return result.metrics
+
+
+# --- register -------------------------------------------------------------------------------
+def register(params: Params, model_name: str, root: Path | None = None) -> dict[str, Any]:
+    """Register the trained generator; move ``champion`` only if it beats the incumbent."""
+    from dgm.tracking.registry import model_name as registered_name
+    from dgm.tracking.registry import register_generator
+
+    lay = layout(params, root)
+    run = read_json(lay.model_dir(model_name) / "run.json", "training record")
+    metrics = read_json(lay.eval_dir(model_name) / "metrics.json", "evaluation metrics")
+    cfg = params.register_
+    if cfg.metric not in metrics:
+        raise DgmError(f"register.metric {cfg.metric!r} is not among the evaluation metrics "
+                       f"({', '.join(sorted(metrics))})")
+    decision = register_generator(
+        run["model_uri"], registered_name(params.data.name, model_name), cfg.metric,
+        float(metrics[cfg.metric]), cfg.mode, cfg.min_delta, run_id=run["run_id"],
+    )
+    print(decision.message)
+    write_json(decision.to_dict(), lay.registry_file(model_name))
+    return decision.to_dict()
