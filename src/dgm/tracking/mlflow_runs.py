@@ -28,8 +28,8 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get(TRACKING_ENV) or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
 
 
-def is_default_store(uri: str) -> bool:
-    return uri.startswith("sqlite:///") and TRACKING_ENV not in os.environ
+def is_sqlite_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -42,7 +42,8 @@ def client(uri: str | None = None) -> MlflowClient:
 def ensure_experiment(name: str, uri: str | None = None) -> str:
     """Id of experiment ``name``, created once (by the driver) if absent.
 
-    With the default SQLite store, artifacts go to ``mlartifacts/`` beside it.
+    With a SQLite store, artifacts go to ``mlartifacts/`` beside the database file (an
+    absolute location, whatever the current directory of the process that logs).
     """
     uri = uri or tracking_uri()
     c = client(uri)
@@ -50,7 +51,7 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if is_default_store(uri):
+    if is_sqlite_store(uri):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     return c.create_experiment(name, artifact_location=location)
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: one Ray instance per session, prepared digits, the MNIST mirror."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def mnist_mirror() -> Path | None:
+    """``$DGM_DATA_DIR`` or ``../shared/datasets`` when it holds the MNIST IDX files."""
+    for candidate in (os.environ.get("DGM_DATA_DIR"), SHARED_DATASETS):
+        if candidate and (Path(candidate) / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mirror_dir() -> Path:
+    """The local IDX mirror; tests needing it skip with a reason when it is absent."""
+    path = mnist_mirror()
+    if path is None:
+        pytest.skip("MNIST IDX files not found: set DGM_DATA_DIR to a mirror such as "
+                    "../shared/datasets")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """The digits dataset prepared to Parquet once per session."""
+    from dgm.data.parquet import write_dataset
+    from dgm.data.sources import load_raw
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    write_dataset(load_raw("digits", []), out, val_fraction=0.1, test_fraction=0.2, seed=0,
+                  shard_rows=500)
+    return out
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store for one test, exported as MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
