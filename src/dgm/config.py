@@ -32,6 +32,7 @@ class DataConfig(Section):
 
 class EvaluatorConfig(Section):
     epochs: Annotated[int, Field(gt=0)] = 30
+    max_steps: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0)] = 128
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
@@ -41,6 +42,7 @@ class EvaluatorConfig(Section):
 
 class TrainConfig(Section):
     epochs: Annotated[int, Field(gt=0)] = 30
+    max_steps: Annotated[int, Field(gt=0)] | None = None  # stop at epochs or steps, first hit
     batch_size: Annotated[int, Field(gt=0)] = 64
     num_workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0

@@ -128,7 +128,7 @@ def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
     model, report = train_classifier(
         train, val, meta.shape_chw, max(len(meta.class_names), 1), epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        patience=cfg.patience, seed=cfg.seed,
+        patience=cfg.patience, seed=cfg.seed, max_steps=cfg.max_steps,
     )
     metrics = {"test_accuracy": accuracy(model, test), "val_accuracy": report.val_accuracy,
                "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}

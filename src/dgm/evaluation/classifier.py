@@ -30,10 +30,10 @@ class Classifier(nn.Module):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(True),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
             nn.Flatten(),
         )
         self.embed = nn.Sequential(
@@ -66,16 +66,25 @@ def accuracy(model: Classifier, data: TensorDataset, batch_size: int = 1000) -> 
 def train_classifier(
     train: TensorDataset, val: TensorDataset, image_shape, num_classes: int, *,
     epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
-    log=print,
+    max_steps: int | None = None, log=print,
 ) -> tuple[Classifier, FitReport]:
-    """Adam with early stopping on validation accuracy; returns the best model."""
+    """AdamW with a one-cycle learning rate and early stopping on validation accuracy.
+
+    Trains for ``epochs`` or ``max_steps`` steps, whichever is shorter (the schedule spans
+    that length), stopping early after ``patience`` epochs without improvement; returns
+    the best model seen.
+    """
     torch.manual_seed(seed)
     model = Classifier(image_shape, num_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
-    best, best_acc, best_epoch, since_best, epoch = None, -1.0, 0, 0, 0
+    total_steps = epochs * len(loader)
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                pct_start=0.15)
+    best, best_acc, best_epoch, since_best, epoch, step = None, -1.0, 0, 0, 0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         for x, y in loader:
@@ -83,10 +92,14 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
+            sched.step()
+            step += 1
+            if step >= total_steps:
+                break
         val_acc = accuracy(model, val)
         if log:
-            log(f"evaluator epoch {epoch}/{epochs} loss={loss.item():.4f} val_acc={val_acc:.4f}")
+            log(f"evaluator epoch {epoch}/{epochs} step {step} loss={loss.item():.4f} "
+                f"val_acc={val_acc:.4f}")
         if val_acc > best_acc:
             best, best_acc, best_epoch, since_best = copy.deepcopy(model.state_dict()), val_acc, \
                 epoch, 0
@@ -94,6 +107,8 @@ def train_classifier(
             since_best += 1
             if since_best >= patience:
                 break
+        if step >= total_steps:
+            break
     model.load_state_dict(best)
     model.eval()
     return model, FitReport(best_epoch=best_epoch, val_accuracy=best_acc, epochs_run=epoch)

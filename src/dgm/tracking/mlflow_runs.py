@@ -34,8 +34,7 @@ def is_sqlite_store(uri: str) -> bool:
 
 def client(uri: str | None = None) -> MlflowClient:
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -33,8 +33,14 @@ def generator_signature(image_shape) -> ModelSignature:
 
 
 def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
-    """``(num_samples, seed)`` from the first input row, overridden by explicit params."""
+    """``(num_samples, seed)``: params (MLflow fills in their defaults), then input columns.
+
+    Values in the first input row win, because MLflow passes the declared param defaults
+    even when a request gives none.
+    """
     args = {"num_samples": 64, "seed": 0}
+    if params:
+        args.update({k: params[k] for k in args if params.get(k) is not None})
     if model_input is not None:
         if hasattr(model_input, "to_dict"):
             rows = model_input.to_dict(orient="records")
@@ -45,8 +51,6 @@ def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
         else:
             row = {}
         args.update({k: row[k] for k in args if k in row and row[k] is not None})
-    if params:
-        args.update({k: params[k] for k in args if params.get(k) is not None})
     num_samples, seed = int(args["num_samples"]), int(args["seed"])
     if not 0 < num_samples <= MAX_SAMPLES_PER_REQUEST:
         raise ValueError(f"num_samples must be in 1..{MAX_SAMPLES_PER_REQUEST}, got {num_samples}")

@@ -100,6 +100,8 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
         elif "/" in ref:
             name, version = ref.split("/", 1)
             c.get_model_version(name, version)
+        elif ref.startswith("m-"):  # an MLflow 3 logged model id
+            c.get_logged_model(ref)
         else:
             c.get_registered_model(ref)
     except MlflowException:

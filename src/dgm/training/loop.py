@@ -11,7 +11,8 @@ import torch
 from dgm.errors import TrainingDiverged
 from dgm.models.base import GenerativeModel
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+# on_epoch_end(epoch, metrics, final): ``final`` is true for the last epoch of the run.
+EpochCallback = Callable[[int, dict[str, float], bool], None]
 
 
 def check_finite(metrics: dict[str, float], epoch: int, step: int) -> None:
@@ -27,18 +28,26 @@ def train_epochs(
     *,
     epochs: int,
     start_epoch: int = 0,
+    max_steps: int | None = None,
+    start_step: int = 0,
     on_epoch_end: EpochCallback | None = None,
     log: Callable[[str], None] | None = print,
 ) -> list[dict[str, float]]:
     """Train epochs ``start_epoch+1 .. epochs``; return each epoch's mean metrics.
 
-    ``on_epoch_end(epoch, metrics)`` runs after every epoch (checkpointing, reporting).
-    A non-finite loss stops training with :class:`TrainingDiverged` before the epoch ends,
-    so the last checkpoint written is the last good one.
+    Training stops after ``epochs`` epochs or ``max_steps`` optimisation steps in all,
+    whichever comes first (a step-capped last epoch is partial). Each row of the history
+    holds ``epoch``, ``step`` (steps so far) and the epoch's mean metrics.
+    ``on_epoch_end(epoch, metrics, final)`` runs after every epoch (checkpointing,
+    reporting). A non-finite loss stops training with :class:`TrainingDiverged` before the
+    epoch ends, so the last checkpoint written is the last good one.
     """
     model.train()
     history = []
+    step = start_step
     for epoch in range(start_epoch + 1, epochs + 1):
+        if max_steps is not None and step >= max_steps:
+            break
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -53,16 +62,24 @@ def train_epochs(
             for key, value in step_metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
             steps += 1
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                break
         if steps == 0:
             raise ValueError("the data loader produced no batches (batch size > dataset?)")
         metrics = {key: total / steps for key, total in sums.items()}
         metrics["epoch_seconds"] = time.perf_counter() - started
+        metrics["step"] = float(step)
         history.append({"epoch": epoch, **metrics})
+        final = epoch == epochs or (max_steps is not None and step >= max_steps)
         if log is not None:
-            shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch_seconds")
-            log(f"epoch {epoch}/{epochs} {shown} ({metrics['epoch_seconds']:.1f}s)")
+            shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                             if k not in ("epoch_seconds", "step"))
+            log(f"epoch {epoch}/{epochs} step {step} {shown} ({metrics['epoch_seconds']:.1f}s)")
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+            on_epoch_end(epoch, metrics, final)
+        if final:
+            break
     return history
 
 

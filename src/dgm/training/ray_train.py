@@ -77,13 +77,14 @@ def train_worker(job: dict[str, Any]) -> None:
         net, parallel_strategy_kwargs=kwargs or None))
     torch.manual_seed(cfg.seed * 1000 + rank)  # distinct noise per rank
 
-    start_epoch, history = 0, []
+    start_epoch, start_step, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
         model.load_training_state(state)
         start_epoch, history = state["epoch"], list(state["history"])
+        start_step = int(history[-1]["step"]) if history else 0
 
     dataset = load_split_tensors(job["dataset_dir"], "train")
     per_worker = max(1, cfg.batch_size // world)
@@ -96,11 +97,11 @@ def train_worker(job: dict[str, Any]) -> None:
 
         logger = RunLogger(job["run_id"], job["tracking_uri"])
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(epoch: int, metrics: dict[str, float], final: bool) -> None:
         history.append({"epoch": epoch, **metrics})
         if logger is not None:
             logger.log_metrics(metrics, step=epoch)
-            if epoch % cfg.sample_every == 0 or epoch == cfg.epochs:
+            if epoch % cfg.sample_every == 0 or final:
                 images = to_uint8_images(
                     model.sample(GRID_SAMPLES, torch.Generator().manual_seed(0)))
                 grid = make_grid(images, scale=grid_scale(images.shape[1]))
@@ -115,6 +116,7 @@ def train_worker(job: dict[str, Any]) -> None:
     log = print if rank == 0 else None
     try:
         train_epochs(model, loader, epochs=cfg.epochs, start_epoch=start_epoch,
+                     max_steps=cfg.max_steps, start_step=start_step,
                      on_epoch_end=on_epoch_end, log=log)
     except Exception as exc:
         if logger is not None:

@@ -1,0 +1,101 @@
+"""A real SQLite MLflow store: pyfunc generator round trip and the champion gate."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dgm.errors import DgmError
+from dgm.models.gan import GANConfig
+from dgm.models.generator import sample_uint8, save_generator
+from dgm.models.registry import build_model
+from dgm.tracking.mlflow_runs import flatten, log_generator, start_run
+from dgm.tracking.pyfunc import load_generator_model, request_args
+from dgm.tracking.registry import CHAMPION, beats, register_generator, resolve_model_uri
+
+
+@pytest.fixture()
+def logged_model(tmp_path, tracking_uri):
+    """A tiny DCGAN logged as a pyfunc generator; returns (model_uri, run_id, model)."""
+    model = build_model(GANConfig(width=8, latent_dim=4), (1, 8, 8), seed=0)
+    path = save_generator(model, tmp_path / "generator.pt", extra={"dataset": "digits"})
+    run_id = start_run("dgm-test", "unit", {"model": {"width": 8}}, {"dgm.stage": "test"},
+                       uri=tracking_uri)
+    return log_generator(run_id, path, (1, 8, 8), tracking_uri), run_id, model
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": 2.5}) == {
+        "a.b": "1", "a.c.d": "x", "e": "2.5"}
+
+
+@pytest.mark.parametrize(
+    ("candidate", "incumbent", "mode", "delta", "expected"),
+    [(1.0, None, "min", 0.0, True), (1.0, 2.0, "min", 0.0, True), (2.0, 1.0, "min", 0.0, False),
+     (1.9, 2.0, "min", 0.5, False), (3.0, 2.0, "max", 0.0, True),
+     (float("nan"), 2.0, "min", 0.0, False), (1.0, 1.0, "min", 0.0, False)],
+)
+def test_beats(candidate, incumbent, mode, delta, expected):
+    assert beats(candidate, incumbent, mode, delta) is expected
+
+
+def test_pyfunc_generator_matches_the_raw_generator(logged_model):
+    model_uri, _, model = logged_model
+    loaded = load_generator_model(model_uri)
+    images = loaded.predict(12, seed=5)
+    assert images.shape == (12, 8, 8, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, sample_uint8(model, 12, seed=5))
+    assert loaded.extra["dataset"] == "digits"
+    # plain pyfunc use, as a serving client would: params override the default request
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    request = pd.DataFrame({"num_samples": [3], "seed": [5]})
+    np.testing.assert_array_equal(pyfunc.predict(request), sample_uint8(model, 3, seed=5))
+
+
+def test_request_args_validation():
+    assert request_args(None, None) == (64, 0)
+    assert request_args(None, {"num_samples": 5, "seed": 9}) == (5, 9)
+    # input columns win over params (MLflow always passes the declared param defaults)
+    assert request_args({"num_samples": [5], "seed": [2]}, {"num_samples": 64, "seed": 0}) \
+        == (5, 2)
+    with pytest.raises(ValueError):
+        request_args(None, {"num_samples": 0})
+
+
+def test_champion_moves_only_when_the_metric_improves(logged_model, tracking_uri):
+    model_uri, run_id, _ = logged_model
+    name = "dgm-digits-gan"
+    first = register_generator(model_uri, name, "fid", 10.0, run_id=run_id)
+    worse = register_generator(model_uri, name, "fid", 12.0, run_id=run_id)
+    better = register_generator(model_uri, name, "fid", 4.0, run_id=run_id)
+    assert (first.promoted, worse.promoted, better.promoted) == (True, False, True)
+    assert worse.champion_version == "1" and worse.champion_value == 10.0
+    client = MlflowClient(tracking_uri)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == better.version == "3"
+    assert client.get_model_version(name, "2").tags["dgm.decision"] == "kept_incumbent"
+    assert float(client.get_model_version(name, "3").tags["dgm.gating_value"]) == 4.0
+    assert len(client.search_model_versions(f"name='{name}'")) == 3  # nothing deleted
+
+
+def test_unknown_models_are_one_line_errors(tracking_uri):
+    with pytest.raises(DgmError, match="does not exist"):
+        resolve_model_uri("models:/nope@champion")
+    with pytest.raises(DgmError, match="does not exist"):
+        resolve_model_uri("models:/nope/3")
+
+
+def test_a_model_that_is_not_a_dgm_generator_is_refused(tracking_uri, tmp_path):
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(),
+                                       registered_model_name="not-dgm")
+    assert info.registered_model_version == 1
+    with pytest.raises(DgmError, match="not a dgm generator"):
+        load_generator_model("models:/not-dgm/1")
