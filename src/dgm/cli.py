@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 from dgm.errors import DgmError
@@ -134,12 +134,14 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dgm`` console script."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         result = guarded(app, args=argv, standalone_mode=False)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", 130)
+    except typer.TyperException as exc:  # usage errors (typer vendors click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(message, getattr(exc, "exit_code", 2))
     if isinstance(result, int) and result:
         sys.exit(result)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 from mlflow.exceptions import MlflowException
@@ -92,7 +93,10 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
     if not model_uri.startswith("models:/"):
         return
     ref = model_uri.removeprefix("models:/")
-    c = client(uri or tracking_uri())
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DgmError(f"model {model_uri} does not exist: there is no MLflow store at {uri}")
+    c = client(uri)
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
@@ -105,7 +109,6 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
         else:
             c.get_registered_model(ref)
     except MlflowException:
-        raise DgmError(f"model {model_uri} does not exist in the registry at "
-                       f"{uri or tracking_uri()}") from None
+        raise DgmError(f"model {model_uri} does not exist in the registry at {uri}") from None
     except Exception as exc:  # unreachable server and the like
         raise DgmError(f"cannot reach the MLflow registry: {str(exc).splitlines()[0]}") from None

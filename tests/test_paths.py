@@ -1,0 +1,132 @@
+"""project_root and atomic_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dgm.paths import atomic_path, project_root
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_project_root_of_this_repo():
+    assert project_root(REPO / "src" / "dgm") == REPO
+    assert (project_root(REPO / "tests") / "dvc.yaml").is_file()
+
+
+def test_project_root_defaults_to_cwd(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert project_root() == tmp_path.resolve()
+
+
+def test_project_root_nearest_wins(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("")
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "dvc.yaml").write_text("")
+    assert project_root(tmp_path / "inner") == (tmp_path / "inner").resolve()
+
+
+def test_project_root_ignores_a_dvc_yaml_directory(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("")
+    (tmp_path / "sub" / "dvc.yaml").mkdir(parents=True)
+    assert project_root(tmp_path / "sub") == tmp_path.resolve()
+
+
+def test_project_root_without_marker_is_start(tmp_path):
+    # tmp_path lives outside any DVC project.
+    assert project_root(tmp_path) == tmp_path.resolve()
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_atomic_file_created(tmp_path):
+    final = tmp_path / "new" / "out.txt"
+    with atomic_path(final) as tmp:
+        assert tmp.name == "out.txt" and tmp.parent.parent == final.parent
+        assert not final.exists()
+        tmp.write_text("hello")
+        assert not final.exists()  # invisible until the block ends
+    assert final.read_text() == "hello"
+    assert entries(final.parent) == ["out.txt"]
+
+
+def test_atomic_file_replaces_existing(tmp_path):
+    final = tmp_path / "out.txt"
+    final.write_text("old")
+    with atomic_path(final) as tmp:
+        tmp.write_text("new")
+        assert final.read_text() == "old"
+    assert final.read_text() == "new"
+    assert entries(tmp_path) == ["out.txt"]
+
+
+def test_atomic_dir_replaces_existing(tmp_path):
+    final = tmp_path / "out"
+    (final / "stale").mkdir(parents=True)
+    (final / "stale" / "x").write_text("x")
+    (final / "keep.txt").write_text("old")
+    with atomic_path(final) as tmp:
+        (tmp / "part").mkdir(parents=True)
+        (tmp / "part" / "a.txt").write_text("a")
+        (tmp / "keep.txt").write_text("new")
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*")) == [
+        "keep.txt", "part", "part/a.txt"]
+    assert (final / "keep.txt").read_text() == "new"
+    assert entries(tmp_path) == ["out"]
+
+
+def test_atomic_exception_keeps_old_file(tmp_path):
+    final = tmp_path / "out.txt"
+    final.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert final.read_text() == "old"
+    assert entries(tmp_path) == ["out.txt"]
+
+
+def test_atomic_exception_keeps_old_dir(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+    with pytest.raises(KeyError):
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            (tmp / "a.txt").write_text("half")
+            (tmp / "b.txt").write_text("half")
+            raise KeyError("x")
+    assert entries(final) == ["a.txt"]
+    assert (final / "a.txt").read_text() == "old"
+    assert entries(tmp_path) == ["out"]
+
+
+def test_atomic_exception_creates_nothing(tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_path(tmp_path / "out") as tmp:
+            tmp.write_text("x")
+            raise ValueError
+    assert entries(tmp_path) == []
+
+
+@pytest.mark.xfail(
+    reason="atomic_path: when the block creates nothing, the existing directory is removed "
+    "(shutil.rmtree) before os.replace fails with FileNotFoundError: the old output is lost",
+    raises=FileNotFoundError,
+    strict=True,
+)
+def test_atomic_block_creating_nothing_keeps_old_dir(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(final):
+            pass
+    assert (final / "a.txt").read_text() == "old"
