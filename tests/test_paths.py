@@ -116,12 +116,6 @@ def test_atomic_exception_creates_nothing(tmp_path):
     assert entries(tmp_path) == []
 
 
-@pytest.mark.xfail(
-    reason="atomic_path: when the block creates nothing, the existing directory is removed "
-    "(shutil.rmtree) before os.replace fails with FileNotFoundError: the old output is lost",
-    raises=FileNotFoundError,
-    strict=True,
-)
 def test_atomic_block_creating_nothing_keeps_old_dir(tmp_path):
     final = tmp_path / "out"
     final.mkdir()

@@ -5,6 +5,7 @@ Unknown keys and wrong types are reported in one line naming the file and the ke
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,11 +106,26 @@ class Params(Section):
             raise DgmError(f"unknown model {name!r} (configured: {known})") from None
 
 
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|bool|int|float|str|none|function-\w+\[.*\])$")
+
+
+def _user_location(loc: tuple) -> list:
+    """Pydantic's error location without union bookkeeping (tags, member types)."""
+    out = []
+    for i, part in enumerate(loc):
+        if i == 2 and loc[0] == "models" and part in MODEL_CONFIGS:
+            continue  # the discriminator tag of models.<name>
+        if isinstance(part, str) and _UNION_MEMBER.match(part):
+            continue
+        out.append(part)
+    return out
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: ``source: key.path: message`` for each problem."""
     parts = []
     for problem in err.errors():
-        loc = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in _user_location(problem["loc"])) or "<root>"
         msg = problem["msg"]
         if problem["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -32,8 +32,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = tmp_dir / final.name
     try:
         yield tmp
+        if not tmp.exists() and not tmp.is_symlink():
+            raise FileNotFoundError(f"nothing was written for {final}")
         if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
+            os.replace(final, tmp_dir / ".previous")  # then one rename puts the new one in place
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

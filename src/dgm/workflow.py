@@ -146,8 +146,8 @@ def _log_evaluator(params: Params, metrics: dict[str, Any], lay: Layout) -> None
     from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri
 
     uri = tracking_uri(lay.root)
-    run_id = start_run(f"dgm-{params.data.name}", "evaluator",
-                       {"evaluator": params.evaluator.model_dump(), "data": params.data.model_dump()},
+    logged = {"evaluator": params.evaluator.model_dump(), "data": params.data.model_dump()}
+    run_id = start_run(f"dgm-{params.data.name}", "evaluator", logged,
                        {"dgm.stage": "evaluator", "dgm.dataset": params.data.name}, uri=uri)
     logger = RunLogger(run_id, uri)
     logger.log_metrics({k: float(v) for k, v in metrics.items()})
@@ -160,8 +160,8 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
           resume: bool = False) -> dict[str, Any]:
     """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs."""
     from dgm.data.parquet import read_meta
-    from dgm.training import ray_train
     from dgm.tracking.mlflow_runs import RunLogger, log_generator, start_run, tracking_uri
+    from dgm.training import ray_train
 
     lay = layout(params, root)
     model_cfg = params.model(model_name)
@@ -229,7 +229,9 @@ def _log_loss_plot(logger, history: list[dict[str, float]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in history[0] if k not in ("epoch", "epoch_seconds")] if history else []
+    from dgm.training.loop import BOOKKEEPING_KEYS
+
+    keys = [k for k in history[0] if k not in BOOKKEEPING_KEYS] if history else []
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
     for key in keys:

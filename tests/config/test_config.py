@@ -79,12 +79,6 @@ def test_unknown_key(tmp_path, text, key):
     assert f"{path}: {key}: unknown key" == message
 
 
-@pytest.mark.xfail(
-    reason="format_validation_error keeps pydantic's discriminator tag in the location, "
-    "so models.gan.foo is reported as models.gan.gan.foo",
-    raises=AssertionError,
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("text", "key"),
     [

@@ -98,11 +98,6 @@ def test_load_non_dgm_torch_file(tmp_path):
         load_classifier(path)
 
 
-@pytest.mark.xfail(
-    reason="load_classifier: torch.load errors on a non-torch file (here KeyError) are not "
-    "turned into DgmError",
-    strict=True,
-)
 def test_load_non_torch_file(tmp_path):
     path = tmp_path / "classifier.pt"
     path.write_text("hello")

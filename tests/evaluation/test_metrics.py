@@ -64,12 +64,6 @@ def test_frechet_is_symmetric_and_zero_on_itself():
     assert frechet_distance(mu1, s1, mu2, s2) > 0
 
 
-@pytest.mark.xfail(
-    reason="frechet_distance unpacks scipy.linalg.sqrtm(..., disp=False) into two values; "
-    "SciPy 1.17 returns a bare (1, 1) array for 1x1 input, so 1-D features raise ValueError",
-    raises=ValueError,
-    strict=True,
-)
 def test_frechet_of_one_dimensional_features():
     # N(0, 4) vs N(0, 9): (2 - 3)^2 = 1.
     assert frechet_distance(np.zeros(1), np.eye(1) * 4, np.zeros(1), np.eye(1) * 9) == (

@@ -61,12 +61,6 @@ def test_grid_path(output, grid):
     assert grid_path(Path(output)) == Path(grid)
 
 
-@pytest.mark.xfail(
-    reason="grid_path: an output named *.png gets itself as grid path, so generate() "
-    "overwrites the Parquet samples with the PNG grid",
-    raises=AssertionError,
-    strict=True,
-)
 def test_grid_path_never_equals_output():
     output = Path("samples.png")
     assert grid_path(output) != output

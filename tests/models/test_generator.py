@@ -75,11 +75,6 @@ def test_load_non_dgm_torch_file(tmp_path, payload):
         load_generator(path)
 
 
-@pytest.mark.xfail(
-    reason="load_generator: torch.load errors on a non-torch file (here KeyError) are not "
-    "turned into DgmError",
-    strict=True,
-)
 def test_load_non_torch_file(tmp_path):
     path = tmp_path / "generator.pt"
     path.write_text("hello")

@@ -82,7 +82,8 @@ def test_vae_history_one_row_per_epoch(digits_loader):
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert [row["step"] for row in history] == [4.0, 8.0, 12.0]  # 32 images / batch 8
     for row in history:
-        assert set(row) == {"epoch", "step", "loss", "recon", "kl", "epoch_seconds"}
+        # The model's metrics plus bookkeeping columns (more bookkeeping may be added).
+        assert {"epoch", "step", "loss", "recon", "kl", "epoch_seconds"} <= set(row)
         assert all(math.isfinite(v) for v in row.values())
         assert row["loss"] > 0 and row["epoch_seconds"] >= 0
     assert [(e, f) for e, _, f in seen] == [(1, False), (2, False), (3, True)]

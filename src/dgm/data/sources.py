@@ -122,11 +122,16 @@ def load_raw(name: str, dirs: list[Path], allow_download: bool = False) -> RawDa
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse a gzip-compressed IDX file of unsigned bytes into an array."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DgmError(f"{path} is not a readable gzip file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DgmError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DgmError(f"{path} is truncated inside its header")
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     expected = int(np.prod(dims))
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)

@@ -128,7 +128,10 @@ def load_classifier(path: str | Path) -> Classifier:
     path = Path(path)
     if not path.is_file():
         raise DgmError(f"evaluator not found: {path} (run the `evaluator` stage first)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise DgmError(f"{path} is not a dgm evaluator (not a readable torch file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DgmError(f"{path} is not a dgm evaluator")
     model = Classifier(tuple(payload["image_shape"]), payload["num_classes"])

@@ -40,10 +40,10 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)."""
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    covmean = np.atleast_2d(linalg.sqrtm(np.atleast_2d(sigma1 @ sigma2)))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+        covmean = np.atleast_2d(linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset)))
     covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 

@@ -26,7 +26,9 @@ class GenerationResult:
 
 
 def grid_path(output: Path) -> Path:
-    return output.with_suffix(".png")
+    """The PNG grid beside a ``.parquet`` output (never the output itself)."""
+    return output.with_suffix(".png") if output.suffix != ".png" else output.with_suffix(
+        ".grid.png")
 
 
 def generate(
@@ -42,6 +44,8 @@ def generate(
         raise DgmError(f"--num-samples must be positive, got {num_samples}")
     if batch_size <= 0:
         raise DgmError(f"--batch-size must be positive, got {batch_size}")
+    if Path(output).suffix != ".parquet":
+        raise DgmError(f"--output must be a .parquet file, got {output}")
     from dgm.tracking.pyfunc import load_generator_model
 
     output = Path(output)

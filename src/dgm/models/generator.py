@@ -36,7 +36,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     path = Path(path)
     if not path.is_file():
         raise DgmError(f"generator file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise DgmError(f"{path} is not a dgm generator (not a readable torch file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DgmError(f"{path} is not a dgm generator")
     model = build_model(config_from_dict(payload["config"]), tuple(payload["image_shape"]))

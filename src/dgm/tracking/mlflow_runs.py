@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,9 @@ class RunLogger:
         self.client = client(uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
-            metrics=[mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()],
-        )
+        batch = [mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
 
     def log_png(self, image: np.ndarray, artifact_file: str) -> None:
         """Log a uint8 (H, W, C) image as a PNG artifact."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 

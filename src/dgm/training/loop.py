@@ -12,6 +12,8 @@ from dgm.errors import TrainingDiverged
 from dgm.models.base import GenerativeModel
 
 # on_epoch_end(epoch, metrics, final): ``final`` is true for the last epoch of the run.
+# Bookkeeping columns of a history row, as opposed to the model's own metrics.
+BOOKKEEPING_KEYS = ("epoch", "step", "epoch_seconds", "elapsed_seconds")
 EpochCallback = Callable[[int, dict[str, float], bool], None]
 
 
@@ -45,6 +47,7 @@ def train_epochs(
     model.train()
     history = []
     step = start_step
+    loop_started = time.perf_counter()
     for epoch in range(start_epoch + 1, epochs + 1):
         if max_steps is not None and step >= max_steps:
             break
@@ -70,11 +73,13 @@ def train_epochs(
         metrics = {key: total / steps for key, total in sums.items()}
         metrics["epoch_seconds"] = time.perf_counter() - started
         metrics["step"] = float(step)
+        # wall time of this call so far, including earlier epochs' callbacks (checkpoints)
+        metrics["elapsed_seconds"] = time.perf_counter() - loop_started
         history.append({"epoch": epoch, **metrics})
         final = epoch == epochs or (max_steps is not None and step >= max_steps)
         if log is not None:
             shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                             if k not in ("epoch_seconds", "step"))
+                             if k not in BOOKKEEPING_KEYS)
             log(f"epoch {epoch}/{epochs} step {step} {shown} ({metrics['epoch_seconds']:.1f}s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics, final)
