@@ -49,7 +49,7 @@ def test_unknown_dataset(workdir):
 @pytest.mark.parametrize(("yaml_text", "key"), [
     ("train:\n  epochz: 3\n", "train.epochz: unknown key"),
     ("train:\n  epochs: many\n", "train.epochs"),
-    ("models:\n  gan:\n    widht: 3\n", "models.gan.gan.widht"),
+    ("models:\n  gan:\n    widht: 3\n", "models.gan.widht: unknown key"),
     ("bogus: 1\n", "bogus: unknown key"),
 ])
 def test_bad_config(workdir, yaml_text, key):

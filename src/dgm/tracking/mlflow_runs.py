@@ -127,7 +127,11 @@ class RunLogger:
 
 def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
     """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
-    from dgm.tracking.pyfunc import generator_signature, pyfunc_source
+    from dgm.tracking.pyfunc import (
+        generator_input_example,
+        generator_signature,
+        pyfunc_source,
+    )
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
@@ -136,6 +140,7 @@ def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str
             python_model=pyfunc_source(),
             artifacts={"generator": str(generator_file)},
             signature=generator_signature(image_shape),
+            input_example=generator_input_example(),
             pip_requirements=_requirements(),
         )
     # Leaving the ``with`` block ends the run as FINISHED; the caller decides the final status.

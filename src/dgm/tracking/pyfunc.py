@@ -32,6 +32,13 @@ def generator_signature(image_shape) -> ModelSignature:
     )
 
 
+def generator_input_example():
+    """A request for 4 images with seed 0 (stored with the model, shown to serving users)."""
+    import pandas as pd
+
+    return pd.DataFrame({"num_samples": [4], "seed": [0]}, dtype="int64")
+
+
 def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
     """``(num_samples, seed)``: params (MLflow fills in their defaults), then input columns.
 

@@ -1,7 +1,13 @@
 """Models-from-code entry for MLflow: the dgm generator as a pyfunc."""
 
+import warnings
+
 import mlflow
 from mlflow.pyfunc import PythonModel
+
+# The signature (with its params) is declared explicitly when logging; type hints would
+# replace it with one inferred from Python types, which cannot express the image tensor.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class GeneratorModel(PythonModel):
