@@ -52,6 +52,9 @@ class TrainConfig(Section):
     sample_every: Annotated[int, Field(gt=0)] = 5
     max_failures: Annotated[int, Field(ge=0)] = 0
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    # Ray Train V2 collects worker reports at this interval and each report waits for the
+    # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
+    report_interval_s: Annotated[float, Field(gt=0)] = 0.1
 
 
 class EvaluateConfig(Section):

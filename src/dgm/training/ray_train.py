@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 import time
@@ -66,8 +67,19 @@ def check_cpus(cfg: TrainConfig, use_gpu: bool) -> None:
                        f"but the Ray cluster has {cpus:g}")
 
 
+def controller_environment(cfg: TrainConfig) -> dict[str, str]:
+    """Settings Ray Train V2 reads from the driver's environment when ``fit`` starts.
+
+    The report interval (see ``TrainConfig.report_interval_s``), and no patched ``print``
+    in workers (it logs every progress line twice).
+    """
+    return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.report_interval_s),
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def train_worker(job: dict[str, Any]) -> None:
     """Per-worker entry: build, wrap (DDP), resume if there is a checkpoint, train."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.model_validate(job["train"])
@@ -184,6 +196,7 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=train_config.checkpoints_to_keep),
         ),
     )
+    os.environ.update(controller_environment(train_config))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
