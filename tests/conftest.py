@@ -54,6 +54,18 @@ def digits_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def single_torch_thread():
+    """One intra-op torch thread for the test: tiny models run faster (and reproducibly) that
+    way, above all when the cores are busy and OpenMP threads spin against other processes."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite MLflow store for one test, exported as MLFLOW_TRACKING_URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,14 +1,8 @@
-"""One torch thread for the evaluation tests (small CNNs are faster that way on busy cores)."""
-
-from __future__ import annotations
+"""The evaluation tests run on one torch thread (see ``single_torch_thread``)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_torch_thread):
     yield
-    torch.set_num_threads(previous)

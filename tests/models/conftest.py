@@ -9,13 +9,8 @@ from dgm.data.loading import load_split_tensors
 
 
 @pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny models run faster (and reproducibly) on one intra-op thread, above all when the
-    machine's cores are busy: OpenMP threads then spin against other processes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_torch_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from dgm.models.registry import build_model
 from dgm.models.vae import VAEConfig
 from dgm.training.loop import check_finite, train_epochs
 
-
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class Counting:
