@@ -191,6 +191,9 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
             dataset_dir=lay.data_dir, model_config=model_cfg, train_config=params.train,
             storage_path=lay.ray_storage, run_name=run_name, run_id=run_id, tracking_uri=uri,
         )
+    except KeyboardInterrupt:
+        logger.end("KILLED", "interrupted; resume with --resume")
+        raise
     except BaseException as exc:
         reason = logger.client.get_run(run_id).data.tags.get("dgm.failure_reason")
         logger.end("FAILED", reason or str(exc))
