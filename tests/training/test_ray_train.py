@@ -88,3 +88,19 @@ def test_resources_are_checked_before_waiting(ray_session):
 def test_resume_without_an_earlier_run_is_a_user_error(ray_session, project):
     with pytest.raises(DgmError, match="no earlier run"):
         train(tiny_params(), "gan", root=project, resume=True)
+
+
+def test_divergence_stops_with_one_line_and_marks_the_run_failed(ray_session, project,
+                                                                  tracking_uri):
+    params = tiny_params(epochs=3, num_workers=1, cpus_per_worker=1)
+    params.models["vae"].lr = 1e12  # Adam steps of 1e12: the loss overflows within an epoch
+    with pytest.raises(DgmError, match=r"training stopped: .* became (nan|inf)") as info:
+        train(params, "vae", root=project, run_name="digits-vae-diverge")
+    assert "\n" not in str(info.value)
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("dgm-digits").experiment_id],
+        "attributes.run_name = 'digits-vae-diverge'")
+    assert run.info.status == "FAILED"
+    assert "became" in run.data.tags["dgm.failure_reason"]
+    assert not (Layout(project, "digits").model_dir("vae") / "generator.pt").exists()
