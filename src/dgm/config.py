@@ -59,7 +59,6 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     num_samples: Annotated[int, Field(gt=0)] = 2000
-    batch_size: Annotated[int, Field(gt=0)] = 500
     seed: int = 123
 
 

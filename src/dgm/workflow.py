@@ -201,9 +201,11 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
             raise DgmError(f"training stopped: {reason}") from None
         raise
     out = lay.model_dir(model_name)
-    state.setdefault("extra", {})
-    generator_path = ray_train.write_outputs(state, history, out)
-    _attach_dataset_info(generator_path, meta)
+    generator_path = ray_train.write_outputs(
+        state, history, out,
+        extra={"dataset": meta.name, "class_names": list(meta.class_names),
+               "checksums": dict(meta.checksums)},
+    )
     logger.log_file(out / "history.csv", "curves")
     _log_loss_plot(logger, history, out)
     model_uri = log_generator(run_id, generator_path, meta.shape_chw, uri)
@@ -213,17 +215,6 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
             "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}}
     write_json(info, out / "run.json")
     return info
-
-
-def _attach_dataset_info(generator_path: Path, meta) -> None:
-    """Record dataset name, class names and raw checksums inside ``generator.pt``."""
-    import torch
-
-    payload = torch.load(generator_path, map_location="cpu", weights_only=True)
-    payload["extra"].update({"dataset": meta.name, "class_names": list(meta.class_names),
-                             "checksums": dict(meta.checksums)})
-    with atomic_path(generator_path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _log_loss_plot(logger, history: list[dict[str, float]], out: Path) -> None:

@@ -6,8 +6,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-import torch
-
 from dgm.errors import TrainingDiverged
 from dgm.models.base import GenerativeModel
 
@@ -87,6 +85,3 @@ def train_epochs(
             break
     return history
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)

@@ -8,7 +8,6 @@ every rank reports (``ray.train.report`` is a barrier).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import tempfile
@@ -218,24 +217,23 @@ def _root_cause(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:500]
 
 
-def write_outputs(state: dict[str, Any], history: list[dict[str, float]], out_dir: Path) -> Path:
-    """From the final checkpoint: ``generator.pt`` and ``history.csv`` (DVC plot) in ``out_dir``."""
+def write_outputs(
+    state: dict[str, Any], history: list[dict[str, float]], out_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """From the final checkpoint: ``generator.pt`` (with ``extra`` facts about the data) and
+    ``history.csv`` (the DVC plot) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(config_from_dict(state["config"]), tuple(state["image_shape"]))
     model.load_weights(state["weights"])
     generator_path = save_generator(model, out_dir / "generator.pt",
-                                    extra={"epochs": state["epoch"]})
+                                    extra={"epochs": state["epoch"], **(extra or {})})
     keys = sorted({k for row in history for k in row} - {"epoch"})
     with atomic_path(out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["epoch", *keys])
         writer.writeheader()
         writer.writerows(history)
     return generator_path
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def timestamp() -> str:
