@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,6 @@ def generate(
                TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
     with atomic_path(output) as tmp, Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("generate", total=num_samples, rate="-")
-        import time
-
         started = time.perf_counter()
         with pq.ParquetWriter(tmp, schema(meta, with_seed=True)) as writer:
             for index, start in enumerate(range(0, num_samples, batch_size)):
