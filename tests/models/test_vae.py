@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgm.errors import DgmError
 from dgm.models.registry import build_model
 from dgm.models.vae import ConvVAE, VAEConfig, gaussian_kl
 
@@ -21,34 +20,13 @@ def tiny_vae(shape=(1, 8, 8), seed=0, **cfg) -> ConvVAE:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sample_shape_and_range(shape):
-    model = tiny_vae(shape)
-    x = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert x.shape == (5, *shape)
-    assert x.device.type == "cpu"
-    assert x.dtype == torch.float32
-    assert 0.0 <= x.min().item() and x.max().item() <= 1.0
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_train_step_on_each_shape(shape):
+def test_train_step_metric_ranges(shape):
     model = tiny_vae(shape)
     images = torch.rand(4, *shape, generator=torch.Generator().manual_seed(1))
     metrics = model.train_step(images, None)
-    assert set(metrics) == {"loss", "recon", "kl"}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     # Bernoulli NLL summed over pixels: positive and at most ~ln 2 per pixel at init (+ slack).
     assert 0 < metrics["recon"] < 2 * math.log(2) * math.prod(shape)
     assert metrics["kl"] >= 0
-
-
-def test_seeded_sample_is_deterministic():
-    model = tiny_vae()
-    a = model.sample(8, generator=torch.Generator().manual_seed(11))
-    b = model.sample(8, generator=torch.Generator().manual_seed(11))
-    c = model.sample(8, generator=torch.Generator().manual_seed(12))
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
 
 
 def test_loss_is_recon_plus_beta_kl(digits_batch):
@@ -106,9 +84,3 @@ def test_overfits_a_fixed_batch(digits_batch):
     end = sum(losses[-10:]) / 10 - floor
     assert start > 20  # ~29 nats above the floor at init: there is something to learn
     assert start / end >= 2.0, (losses[0], losses[-10:], floor)
-
-
-@pytest.mark.parametrize("shape", [(1, 10, 10), (1, 8, 6), (3, 30, 32)])
-def test_size_not_divisible_by_4(shape):
-    with pytest.raises(DgmError, match="divisible by 4"):
-        tiny_vae(shape)
