@@ -2,6 +2,6 @@
 
 import sys
 
-from dgm.cli import run_stage
+from dgm.cli import main
 
-run_stage(["evaluate", "--model", sys.argv[1], "--params", "configs/params.yaml"])
+main(["evaluate", "--model", sys.argv[1], "--params", "configs/params.yaml"])

@@ -1,5 +1,5 @@
 """DVC stage `evaluator`: train the domain classifier that judges every model."""
 
-from dgm.cli import run_stage
+from dgm.cli import main
 
-run_stage(["evaluator", "--params", "configs/params.yaml"])
+main(["evaluator", "--params", "configs/params.yaml"])

@@ -2,14 +2,14 @@
 
 import sys
 
-from dgm.cli import run_stage
+from dgm.cli import main
 from dgm.config import load_params
 from dgm.workflow import layout
 
 model = sys.argv[1]
 params = load_params("configs/params.yaml")
 cfg = params.generate
-run_stage([
+main([
     "generate", "--model-uri", f"models:/dgm-{params.data.name}-{model}@champion",
     "--num-samples", str(cfg.num_samples), "--batch-size", str(cfg.batch_size),
     "--seed", str(cfg.seed), "--output", str(layout(params).samples_file(model)),

@@ -1,5 +1,5 @@
 """DVC stage `prepare`: raw dataset (data.name) → Parquet shards."""
 
-from dgm.cli import run_stage
+from dgm.cli import main
 
-run_stage(["prepare", "--params", "configs/params.yaml"])
+main(["prepare", "--params", "configs/params.yaml"])

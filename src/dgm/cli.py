@@ -146,10 +146,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(result)
 
 
-def run_stage(argv: list[str]) -> None:
-    """Entry of the DVC stage scripts in ``pipelines/``: ``dgm`` with these arguments."""
-    main(argv)
-
-
 if __name__ == "__main__":
     main()

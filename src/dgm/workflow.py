@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
                "checksums": dict(meta.checksums)},
     )
     logger.log_file(out / "history.csv", "curves")
-    _log_loss_plot(logger, history, out)
+    _log_loss_plot(logger, history)
     model_uri = log_generator(run_id, generator_path, meta.shape_chw, uri)
     logger.end("FINISHED")
     info = {"run_id": run_id, "model_uri": model_uri, "run_name": run_name,
@@ -217,7 +218,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
     return info
 
 
-def _log_loss_plot(logger, history: list[dict[str, float]], out: Path) -> None:
+def _log_loss_plot(logger, history: list[dict[str, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,11 +234,11 @@ def _log_loss_plot(logger, history: list[dict[str, float]], out: Path) -> None:
     ax.set_xlabel("epoch")
     ax.legend()
     fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path)
+    with tempfile.TemporaryDirectory() as tmp:  # not into the stage's DVC output folder
+        path = Path(tmp) / "loss_curves.png"
+        fig.savefig(path)
+        logger.log_file(path, "curves")
     plt.close(fig)
-    logger.log_file(path, "curves")
-    path.unlink()
 
 
 # --- evaluate -------------------------------------------------------------------------------

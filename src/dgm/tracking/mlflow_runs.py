@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import time
@@ -101,14 +100,10 @@ class RunLogger:
 
     def log_png(self, image: np.ndarray, artifact_file: str) -> None:
         """Log a uint8 (H, W, C) image as a PNG artifact."""
-        from PIL import Image
+        from dgm.images import save_png
 
-        array = image[..., 0] if image.shape[-1] == 1 else image
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            path.write_bytes(buf.getvalue())
+            path = save_png(image, Path(tmp) / Path(artifact_file).name)
             self.log_file(path, str(Path(artifact_file).parent).strip("."))
 
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
