@@ -17,13 +17,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 data_app = typer.Typer(add_completion=False, help="Raw data tracked by data.dvc.")
 app.add_typer(data_app, name="data")
 
-PARAMS = typer.Option(Path("configs/params.yaml"), "--params", help="DVC params file.")
+PARAMS = typer.Option(None, "--params",
+                      help="DVC params file [default: configs/params.yaml of the project].")
 
 
-def _params(path: Path, dataset: str | None = None):
-    from dgm.config import load_params
+def _params(path: Path | None, dataset: str | None = None):
+    """The params file given, else the project's (defaults outside a project)."""
+    from dgm.config import Params, load_params
+    from dgm.paths import project_root
 
-    params = load_params(path)
+    if path is None:
+        path = project_root() / "configs" / "params.yaml"
+        params = load_params(path) if path.is_file() else Params()
+    else:
+        params = load_params(path)
     if dataset is not None:
         params.data.name = dataset
     return params
@@ -69,25 +76,43 @@ def train(model: str = typer.Option(..., help="A key of `models` in the params f
 def evaluate(
     model: str = typer.Option(None, help="Score this trained model of the pipeline."),
     params: Path = PARAMS,
-    dataset: str = typer.Option(None, help="Dataset whose evaluator judges --samples."),
-    samples: Path = typer.Option(None, help="Parquet or .npz of images to score."),
-    output: Path = typer.Option(None, help="Metrics JSON to write (with --samples)."),
+    dataset: str = typer.Option(None, help="Dataset whose evaluator judges (default: data.name)."),
+    samples: Path = typer.Option(
+        None, help="Images to score: dgm Parquet (file or folder), .npz with `images`, or a "
+        "folder of PNGs."),
+    output: Path = typer.Option(None, help="Metrics JSON (--samples) or markdown (--report)."),
+    evaluator: Path = typer.Option(
+        None, help="classifier.pt (or its folder); default: the evaluator stage's output."),
+    metrics: str = typer.Option(None, help="Comma-separated metric names (default: all)."),
+    report: bool = typer.Option(False, "--report", help="Markdown table of evaluated models."),
 ) -> None:
     """Score generated images with the evaluator's metrics."""
     from dgm import workflow
 
+    p = _params(params, dataset)
+    if report:
+        if samples is not None or model is not None:
+            raise DgmError("--report compares evaluated models: give it without --samples/--model")
+        workflow.report(p, output=output)
+        return
     if samples is None:
         if model is None:
-            raise DgmError("give --model (a pipeline model) or --samples PATH")
-        workflow.evaluate(_params(params), model)
+            raise DgmError("give --model (a pipeline model), --samples PATH or --report")
+        workflow.evaluate(p, model)
         return
-    from dgm.data.parquet import read_meta
-    from dgm.evaluation.scoring import load_samples, score_images
+    from dgm.evaluation.scoring import Evaluator, load_samples
 
-    p = _params(params, dataset)
     lay = workflow.layout(p)
-    images = load_samples(samples, read_meta(lay.data_dir / "train"))
-    result = score_images(images, lay.data_dir, lay.evaluator_dir)
+    scorer = Evaluator.open(evaluator or lay.evaluator_dir, lay.data_dir)
+    if dataset is not None and scorer.meta.name != dataset:
+        raise DgmError(f"the evaluator judges {scorer.meta.name}, not {dataset}")
+    names = p.evaluate.metrics
+    if metrics is not None:
+        names = [m.strip() for m in metrics.split(",") if m.strip()]
+        if not names:
+            raise DgmError("--metrics: list at least one metric name")
+    images = load_samples(samples, scorer.meta)
+    result = scorer.score(images, names, p.evaluate.metric_options)
     if output is not None:
         workflow.write_json(result.metrics, output)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dgm.errors import DgmError
+from dgm.evaluation.metrics import METRICS, MetricOptions
 from dgm.models.registry import MODEL_CONFIGS, ModelConfig
 
 
@@ -22,6 +23,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StackedConfig(Section):
+    """Stacked datasets (``stacked-mnist``): images drawn per split and their seed."""
+
+    train_size: Annotated[int, Field(gt=1)] = 60_000
+    test_size: Annotated[int, Field(gt=1)] = 10_000
+    seed: int = 0
+
+
 class DataConfig(Section):
     name: str = "digits"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -29,6 +38,7 @@ class DataConfig(Section):
     seed: int = 0
     shard_rows: Annotated[int, Field(gt=0)] = 20_000
     allow_download: bool = False
+    stacked: StackedConfig = StackedConfig()
 
 
 class EvaluatorConfig(Section):
@@ -58,8 +68,23 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    num_samples: Annotated[int, Field(gt=0)] = 2000
+    num_samples: Annotated[int, Field(gt=1)] = 2000
     seed: int = 123
+    metrics: list[str] | None = None  # registered metric names; None: all of them
+    metric_options: MetricOptions = MetricOptions()
+    nll_importance_samples: Annotated[int, Field(gt=0)] = 64  # likelihood models only
+    nll_max_images: Annotated[int, Field(gt=0)] = 1000  # of the test split
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("list at least one metric (or null for all)")
+        unknown = sorted(set(value or ()) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(METRICS)})")
+        return value
 
 
 class RegisterConfig(Section):

@@ -80,10 +80,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 def prepare(params: Params, out: Path | None = None, root: Path | None = None) -> dict[str, int]:
     """Raw dataset → Parquet shards under ``artifacts/data/<dataset>``."""
     from dgm.data.parquet import write_dataset
-    from dgm.data.sources import load_raw, search_dirs
+    from dgm.data.sources import StackedSpec, load_raw, search_dirs
 
     lay = layout(params, root)
-    raw = load_raw(params.data.name, search_dirs(lay.raw_dir), params.data.allow_download)
+    raw = load_raw(params.data.name, search_dirs(lay.raw_dir), params.data.allow_download,
+                   stacked=StackedSpec(**params.data.stacked.model_dump()))
     rows = write_dataset(
         raw, out or lay.data_dir, val_fraction=params.data.val_fraction,
         test_fraction=params.data.test_fraction, seed=params.data.seed,
@@ -115,31 +116,59 @@ def init_raw_data(root: Path | None = None) -> Path:
 
 # --- evaluator ------------------------------------------------------------------------------
 def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
-    """Train the domain classifier on the real train split; save it and its metrics."""
+    """Train the domain classifier on the real train split; save it, its reference and its
+    metrics: test accuracy and the floor of each quality metric (real test vs real train)."""
+    from torch.utils.data import TensorDataset
+
     from dgm.data.loading import load_split_tensors
-    from dgm.data.parquet import read_meta
-    from dgm.evaluation.classifier import accuracy, save_classifier, train_classifier
+    from dgm.data.parquet import read_meta, read_split
+    from dgm.evaluation.classifier import (
+        StackedClassifier,
+        accuracy,
+        save_classifier,
+        split_stacked,
+        train_classifier,
+    )
+    from dgm.evaluation.reference import REFERENCE_FILE, build_reference, save_reference
+    from dgm.evaluation.scoring import Evaluator
 
     lay = layout(params, root)
     meta = read_meta(lay.data_dir / "train")
-    train = load_split_tensors(lay.data_dir, "train")
-    val = load_split_tensors(lay.data_dir, "val")
-    test = load_split_tensors(lay.data_dir, "test")
+    splits = {s: load_split_tensors(lay.data_dir, s) for s in ("train", "val", "test")}
+    shape, num_classes = meta.shape_chw, max(len(meta.class_names), 1)
+    fit_splits = splits
+    if meta.stacked:  # one classifier for every channel, trained on the channels' digits
+        num_classes = len(meta.channel_class_names)
+        shape = (1, *shape[1:])
+        fit_splits = {s: TensorDataset(*split_stacked(*d.tensors, num_classes))
+                      for s, d in splits.items()}
     cfg = params.evaluator
     model, report = train_classifier(
-        train, val, meta.shape_chw, max(len(meta.class_names), 1), epochs=cfg.epochs,
+        fit_splits["train"], fit_splits["val"], shape, num_classes, epochs=cfg.epochs,
         batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         patience=cfg.patience, seed=cfg.seed, max_steps=cfg.max_steps,
     )
-    metrics = {"test_accuracy": accuracy(model, test), "val_accuracy": report.val_accuracy,
+    metrics = {"test_accuracy": accuracy(model, fit_splits["test"]),
+               "val_accuracy": report.val_accuracy,
                "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}
-    digest = hashlib.sha256((cfg.model_dump_json() + json.dumps(meta.checksums, sort_keys=True))
-                            .encode()).hexdigest()[:12]
-    version = f"{params.data.name}-{digest}"
-    save_classifier(model, lay.evaluator_dir / "classifier.pt", version=version)
+    if meta.stacked:
+        model = StackedClassifier(model, meta.channels)
+        metrics["test_mode_accuracy"] = accuracy(model, splits["test"])
+    fingerprint = (cfg.model_dump_json() + params.data.model_dump_json()
+                   + json.dumps(meta.checksums, sort_keys=True))
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    model.version = f"{params.data.name}-{digest}"
+    reference, info = build_reference(model, lay.data_dir)
+    evaluator = Evaluator.from_reference(model, reference, info)
+    floors = evaluator.score(read_split(lay.data_dir, "test").images,
+                             params.evaluate.metrics, params.evaluate.metric_options).metrics
+    metrics.update({f"floor_{k}": v for k, v in floors.items()})
+    save_classifier(model, lay.evaluator_dir / "classifier.pt", version=model.version)
+    save_reference(reference, info, lay.evaluator_dir / REFERENCE_FILE)
     write_json(metrics, lay.evaluator_dir / "metrics.json")
     _log_evaluator(params, metrics, lay)
-    print(f"evaluator test accuracy {metrics['test_accuracy']:.4f}")
+    print(f"evaluator test accuracy {metrics['test_accuracy']:.4f}; floors (test vs train): "
+          + ", ".join(f"{k}={v:.4g}" for k, v in floors.items()))
     return metrics
 
 
@@ -243,8 +272,12 @@ def _log_loss_plot(logger, history: list[dict[str, float]]) -> None:
 
 # --- evaluate -------------------------------------------------------------------------------
 def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[str, float]:
-    """Score a trained generator's samples against the real train split."""
-    from dgm.evaluation.scoring import score_images
+    """Score a trained generator's samples against the real train split (and, for models
+    with a likelihood, its NLL on the test split); write and log the report files."""
+    from dgm.data.loading import to_float_tensor
+    from dgm.data.parquet import read_split
+    from dgm.evaluation.likelihood import negative_log_likelihood, supports_likelihood
+    from dgm.evaluation.scoring import Evaluator
     from dgm.images import save_grid
     from dgm.models.generator import load_generator, sample_uint8
     from dgm.tracking.mlflow_runs import RunLogger, tracking_uri
@@ -255,9 +288,14 @@ def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[
     cfg = params.evaluate
     images = sample_uint8(generator, cfg.num_samples, cfg.seed)
     out = lay.eval_dir(model_name)
-    result = score_images(images, lay.data_dir, lay.evaluator_dir)
-    evaluator = read_json(lay.evaluator_dir / "metrics.json", "evaluator metrics")
-    result.metrics["evaluator_test_accuracy"] = float(evaluator["test_accuracy"])
+    evaluator = Evaluator.open(lay.evaluator_dir, lay.data_dir)
+    result = evaluator.score(images, cfg.metrics, cfg.metric_options)
+    if supports_likelihood(generator):
+        test = read_split(lay.data_dir, "test").images[: cfg.nll_max_images]
+        result.metrics.update(negative_log_likelihood(
+            generator, to_float_tensor(test), cfg.nll_importance_samples, seed=cfg.seed))
+    accuracy = read_json(lay.evaluator_dir / "metrics.json", "evaluator metrics")
+    result.metrics["evaluator_test_accuracy"] = float(accuracy["test_accuracy"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(result.metrics, out / "metrics.json")
     save_grid(images, out / "samples.png")
@@ -265,10 +303,33 @@ def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[
     run = read_json(model_dir / "run.json", "training record")
     logger = RunLogger(run["run_id"], tracking_uri(lay.root))
     logger.log_metrics({f"eval_{k}": v for k, v in result.metrics.items()})
-    logger.log_file(out / "samples.png", "evaluation")
-    logger.log_file(out / "class_histogram.png", "evaluation")
+    for name in ("metrics.json", "samples.png", "class_histogram.png"):
+        logger.log_file(out / name, "evaluation")
     print(f"{model_name}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     return result.metrics
+
+
+def report(params: Params, root: Path | None = None, output: Path | None = None) -> Path:
+    """Markdown table comparing every evaluated model of the dataset (``report.md``)."""
+    from dgm.evaluation.report import markdown_table
+
+    lay = layout(params, root)
+    eval_root = lay.artifacts / "eval" / params.data.name
+    rows = {path.parent.name: read_json(path, "evaluation metrics")
+            for path in sorted(eval_root.glob("*/metrics.json"))}
+    if not rows:
+        raise DgmError(f"no evaluated models under {eval_root} (run `dgm evaluate --model`)")
+    floors = read_json(lay.evaluator_dir / "metrics.json", "evaluator metrics") \
+        if (lay.evaluator_dir / "metrics.json").is_file() else {}
+    floor_row = {k[len("floor_"):]: v for k, v in floors.items() if k.startswith("floor_")}
+    if floor_row:
+        rows["real test (floor)"] = floor_row
+    text = f"# {params.data.name}: evaluated models\n\n" + markdown_table(rows) + "\n"
+    output = output or eval_root / "report.md"
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
+    print(text, end="")
+    return output
 
 
 # --- register -------------------------------------------------------------------------------

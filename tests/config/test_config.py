@@ -9,6 +9,7 @@ import yaml
 
 from dgm.config import Params, load_params
 from dgm.errors import DgmError
+from dgm.evaluation.metrics import MetricOptions
 from dgm.models.gan import GANConfig
 from dgm.models.vae import VAEConfig
 
@@ -47,7 +48,8 @@ def test_default_params_file_loads():
                 assert {k: dumped[k] for k in cfg} == cfg, name
             continue
         typed = getattr(params, "register_" if section == "register" else section)
-        assert {k: getattr(typed, k) for k in values} == values, section
+        dumped = typed.model_dump()  # nested sections (data.stacked, ...) as plain dicts
+        assert {k: dumped[k] for k in values} == values, section
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -185,3 +187,80 @@ def test_missing_file(tmp_path):
     with pytest.raises(DgmError, match="config file not found") as info:
         load_params(path)
     assert str(path) in str(info.value)
+
+
+# --- evaluate.metrics, evaluate.metric_options, data.stacked --------------------------------
+def test_evaluate_metrics_defaults_to_all(tmp_path):
+    params = load_params(write(tmp_path, "evaluate:\n  metrics: null\n"))
+    assert params.evaluate.metrics is None
+    assert params.evaluate.metric_options == MetricOptions()
+
+
+def test_evaluate_metrics_known_names(tmp_path):
+    params = load_params(write(tmp_path, "evaluate:\n  metrics: [fid, kid, swd_pixel]\n"))
+    assert params.evaluate.metrics == ["fid", "kid", "swd_pixel"]
+
+
+def test_evaluate_metrics_unknown_name(tmp_path):
+    message = error_of(write(tmp_path, "evaluate:\n  metrics: [fid, fidd]\n"))
+    assert "evaluate.metrics:" in message
+    assert "fidd" in message
+
+
+def test_evaluate_metrics_not_a_list(tmp_path):
+    assert "evaluate.metrics" in error_of(write(tmp_path, "evaluate:\n  metrics: 3\n"))
+
+
+def test_evaluate_metric_options(tmp_path):
+    text = "evaluate:\n  metric_options:\n    k: 5\n    kid_subsets: 7\n"
+    options = load_params(write(tmp_path, text)).evaluate.metric_options
+    assert isinstance(options, MetricOptions)
+    assert (options.k, options.kid_subsets) == (5, 7)
+    assert options.swd_projections == MetricOptions().swd_projections
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("evaluate:\n  metric_options:\n    kk: 3\n",
+         "evaluate.metric_options.kk: unknown key"),
+        ("evaluate:\n  metric_options:\n    k: 0\n", "evaluate.metric_options.k:"),
+        ("evaluate:\n  metric_options:\n    memorization_quantile: 1.0\n",
+         "evaluate.metric_options.memorization_quantile:"),
+        ("evaluate:\n  nll_importance_samples: 0\n", "evaluate.nll_importance_samples:"),
+        ("evaluate:\n  nll_max_images: -1\n", "evaluate.nll_max_images:"),
+        ("evaluate:\n  nll_samples: 3\n", "evaluate.nll_samples: unknown key"),
+    ],
+    ids=["unknown-option", "k-zero", "quantile-1", "nll-samples-0", "nll-images-neg",
+         "unknown-nll-key"],
+)
+def test_evaluate_options_validated(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    assert expected in error_of(path)
+
+
+def test_data_stacked(tmp_path):
+    text = "data:\n  name: stacked-mnist\n  stacked:\n    train_size: 100\n    seed: 4\n"
+    params = load_params(write(tmp_path, text))
+    assert params.data.name == "stacked-mnist"
+    stacked = params.data.stacked
+    assert (stacked.train_size, stacked.test_size, stacked.seed) == (100, 10_000, 4)
+    assert load_params(write(tmp_path, "")).data.stacked.model_dump() == {
+        "train_size": 60_000, "test_size": 10_000, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("data:\n  stacked:\n    train_size: 0\n", "data.stacked.train_size:"),
+        ("data:\n  stacked:\n    test_size: 1\n", "data.stacked.test_size:"),
+        ("data:\n  stacked:\n    train_size: many\n", "data.stacked.train_size:"),
+        ("data:\n  stacked:\n    channels: 3\n", "data.stacked.channels: unknown key"),
+        ("data:\n  stacked:\n    trian_size: 10\n", "data.stacked.trian_size: unknown key"),
+        ("data:\n  stacked: 5\n", "data.stacked:"),
+    ],
+    ids=["train-size-0", "test-size-1", "not-int", "channels-not-configurable", "typo",
+         "not-a-mapping"],
+)
+def test_data_stacked_validated(tmp_path, text, expected):
+    assert expected in error_of(write(tmp_path, text))

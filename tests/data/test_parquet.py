@@ -21,7 +21,7 @@ from dgm.data.parquet import (
     split_indices,
     write_dataset,
 )
-from dgm.data.sources import DIGITS_FILE, RawDataset, load_raw
+from dgm.data.sources import DIGITS_FILE, RawDataset, StackedSpec, load_raw
 from dgm.errors import DgmError
 
 N_DIGITS = 1797
@@ -286,3 +286,49 @@ def test_rewrite_replaces_previous_output(digits_raw, tmp_path):
     write(digits_raw, out, shard_rows=1000)
     assert len(list((out / "train").glob("*.parquet"))) == 2  # no stale shards
     assert len(read_split(out, "train").labels) == 1294
+
+
+# --- stacked datasets ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stacked_raw() -> RawDataset:
+    return load_raw("stacked-digits", [], stacked=StackedSpec(train_size=50, test_size=20,
+                                                              seed=1))
+
+
+def test_stacked_dataset_keeps_channel_class_names(stacked_raw, tmp_path):
+    sizes = write(stacked_raw, tmp_path / "sd", shard_rows=16)
+    assert sizes == {"train": 36, "val": 4, "test": 10}  # test carved: digits has no test split
+    for split in ("train", "val", "test"):
+        files = sorted((tmp_path / "sd" / split).glob("*.parquet"))
+        md = pq.read_schema(files[0]).metadata
+        assert json.loads(md[b"dgm.channel_class_names"]) == [str(i) for i in range(10)]
+        assert json.loads(md[b"dgm.class_names"]) == [f"{m:03d}" for m in range(1000)]
+        assert md[b"dgm.channels"] == b"3"
+        meta = read_meta(tmp_path / "sd" / split)
+        assert meta.stacked is True
+        assert meta.name == "stacked-digits" and meta.shape_chw == (3, 8, 8)
+        assert meta.channel_class_names == tuple(str(i) for i in range(10))
+    train = read_split(tmp_path / "sd", "train")
+    assert train.images.shape == (36, 8, 8, 3)
+    assert train.labels.min() >= 0 and train.labels.max() < 1000
+    assert row_keys(train.images, train.labels) <= row_keys(stacked_raw.train_images,
+                                                           stacked_raw.train_labels)
+
+
+def test_non_stacked_meta_has_no_channel_class_names(digits_dir):
+    for split in ("train", "val", "test"):
+        files = sorted((digits_dir / split).glob("*.parquet"))
+        assert b"dgm.channel_class_names" not in pq.read_schema(files[0]).metadata
+        meta = read_meta(digits_dir / split)
+        assert meta.stacked is False and meta.channel_class_names == ()
+    assert tiny_meta().stacked is False
+    assert b"dgm.channel_class_names" not in tiny_meta().to_metadata()
+
+
+def test_stacked_meta_metadata_round_trip():
+    meta = DatasetMeta("stacked-x", 8, 8, 3, tuple(f"{m:02d}" for m in range(16)), {"f": "a"},
+                       ("a", "b", "c", "d"))
+    assert meta.stacked
+    md = meta.to_metadata()
+    assert json.loads(md[b"dgm.channel_class_names"]) == ["a", "b", "c", "d"]
+    assert DatasetMeta.from_metadata(md, "src") == meta

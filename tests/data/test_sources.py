@@ -13,11 +13,14 @@ import pytest
 from dgm.data.sources import (
     DIGITS_FILE,
     IDX_DATASETS,
+    RawDataset,
+    StackedSpec,
     digits_file,
     load_raw,
     md5sum,
     read_idx,
     search_dirs,
+    stack,
 )
 from dgm.errors import DgmError
 
@@ -230,3 +233,117 @@ def test_fashion_mnist_from_mirror_is_balanced(mirror_dir):
     assert np.bincount(raw.train_labels, minlength=10).tolist() == [6000] * 10
     assert np.bincount(raw.test_labels, minlength=10).tolist() == [1000] * 10
     assert raw.class_names[0] == "T-shirt/top" and raw.class_names[9] == "Ankle boot"
+
+
+# --- stacked datasets ----------------------------------------------------------------------
+def toy_raw(n_train=40, n_test=15, k=10, channels=1, with_test=True) -> RawDataset:
+    """One-channel 4x4 images whose pixel (0, 0) is the image's index (unique per split)."""
+    def images(n):
+        out = np.zeros((n, 4, 4, channels), np.uint8)
+        out[:, 0, 0, :] = np.arange(n)[:, None]
+        out[:, 1, 1, :] = 200  # every image also has common content
+        return out
+
+    return RawDataset(
+        name="toy", train_images=images(n_train), train_labels=(np.arange(n_train) * 7) % k,
+        test_images=images(n_test) if with_test else None,
+        test_labels=(np.arange(n_test) * 3) % k if with_test else None,
+        class_names=[f"c{i}" for i in range(k)], checksums={"toy.gz": "0" * 32},
+    )
+
+
+def drawn_indices(stacked: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(N, C): which base image each channel is, asserting it is exactly that image."""
+    idx = stacked[:, 0, 0, :].astype(np.int64)
+    for c in range(stacked.shape[-1]):
+        np.testing.assert_array_equal(stacked[..., c], base[idx[:, c], ..., 0])
+    return idx
+
+
+def test_stack_shapes_channels_and_mode_labels():
+    base = toy_raw()
+    out = stack(base, StackedSpec(train_size=200, test_size=30, seed=0))
+    assert out.name == "stacked-toy"
+    assert out.train_images.shape == (200, 4, 4, 3) and out.train_images.dtype == np.uint8
+    assert out.test_images.shape == (30, 4, 4, 3)
+    assert out.train_labels.dtype == np.int64 and out.train_labels.shape == (200,)
+    for images, labels, base_images, base_labels in (
+        (out.train_images, out.train_labels, base.train_images, base.train_labels),
+        (out.test_images, out.test_labels, base.test_images, base.test_labels),
+    ):
+        idx = drawn_indices(images, base_images)
+        a, b, c = (base_labels[idx[:, ch]] for ch in range(3))
+        np.testing.assert_array_equal(labels, 100 * a + 10 * b + c)
+    # Channels are drawn independently: they are not all the same image.
+    idx = drawn_indices(out.train_images, base.train_images)
+    assert (idx[:, 0] != idx[:, 1]).mean() > 0.5
+    assert len(np.unique(out.train_labels)) > 50
+
+
+def test_stack_class_names_and_channel_class_names():
+    base = toy_raw()
+    out = stack(base, StackedSpec(train_size=10, test_size=5))
+    assert out.class_names == [f"{m:03d}" for m in range(1000)]
+    assert out.class_names[0] == "000" and out.class_names[-1] == "999"
+    assert out.channel_class_names == base.class_names
+    assert out.checksums == base.checksums
+    assert base.channel_class_names == []  # the base is not stacked
+
+
+def test_stack_other_channel_counts_and_class_counts():
+    base = toy_raw(k=4)
+    out = stack(base, StackedSpec(train_size=50, test_size=5, channels=2, seed=3))
+    assert out.train_images.shape == (50, 4, 4, 2)
+    assert out.class_names == [f"{m:02d}" for m in range(16)]
+    idx = drawn_indices(out.train_images, base.train_images)
+    np.testing.assert_array_equal(
+        out.train_labels, 4 * base.train_labels[idx[:, 0]] + base.train_labels[idx[:, 1]])
+
+
+def test_stack_is_deterministic_by_seed():
+    base = toy_raw()
+    a = stack(base, StackedSpec(train_size=100, test_size=20, seed=5))
+    b = stack(base, StackedSpec(train_size=100, test_size=20, seed=5))
+    c = stack(base, StackedSpec(train_size=100, test_size=20, seed=6))
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.train_images, c.train_images)
+    assert not np.array_equal(a.test_images, c.test_images)
+
+
+def test_stack_without_test_split():
+    out = stack(toy_raw(with_test=False), StackedSpec(train_size=20, test_size=10))
+    assert out.train_images.shape == (20, 4, 4, 3)
+    assert out.test_images is None and out.test_labels is None
+
+
+def test_stack_rejects_multichannel_dataset():
+    with pytest.raises(DgmError, match="only one-channel datasets can be stacked, not toy"):
+        stack(toy_raw(channels=3), StackedSpec(train_size=10, test_size=5))
+
+
+def test_load_raw_stacked_digits():
+    spec = StackedSpec(train_size=50, test_size=20, seed=1)
+    out = load_raw("stacked-digits", [], stacked=spec)
+    assert out.name == "stacked-digits"
+    assert out.train_images.shape == (50, 8, 8, 3) and out.train_images.dtype == np.uint8
+    assert out.train_labels.shape == (50,)
+    assert out.train_labels.min() >= 0 and out.train_labels.max() < 1000
+    assert out.test_images is None and out.test_labels is None  # digits has no test split
+    assert out.channel_class_names == [str(i) for i in range(10)]
+    assert len(out.class_names) == 1000
+    assert out.checksums == load_raw("digits", []).checksums
+    again = load_raw("stacked-digits", [], stacked=spec)
+    np.testing.assert_array_equal(out.train_images, again.train_images)
+
+
+def test_load_raw_stacked_default_spec():
+    out = load_raw("stacked-digits", [])
+    default = StackedSpec()
+    assert len(out.train_images) == default.train_size and default.channels == 3
+
+
+@pytest.mark.parametrize("name", ["stacked-cifar", "stacked-", "stacked-stacked-digits"])
+def test_load_raw_stacked_unknown_base(name):
+    with pytest.raises(DgmError, match=f"unknown dataset '{name}'"):
+        load_raw(name, [])

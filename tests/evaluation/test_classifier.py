@@ -12,10 +12,12 @@ from dgm.evaluation.classifier import (
     FEATURE_DIM,
     FORMAT,
     Classifier,
+    StackedClassifier,
     accuracy,
     extract,
     load_classifier,
     save_classifier,
+    split_stacked,
     train_classifier,
 )
 
@@ -38,7 +40,9 @@ def test_extract_shapes_and_probabilities(shape):
     assert FEATURE_DIM == 128
     assert feats.shape == (13, 128) and probs.shape == (13, 7)
     assert feats.dtype == np.float64 and probs.dtype == np.float64
-    assert feats.min() >= 0  # ReLU features
+    assert feats.min() < 0 < feats.max()  # pre-activation features: no rectified dims
+    logits = model.head(torch.relu(torch.from_numpy(feats).float()))
+    np.testing.assert_allclose(probs, torch.softmax(logits, 1).detach().double().numpy(), atol=1e-6)
     assert np.all(probs > 0)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
 
@@ -155,3 +159,88 @@ def test_train_classifier_is_deterministic(digits_splits):
     assert ra == rb
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
+
+
+# --- stacked evaluators --------------------------------------------------------------------
+def stacked_model(k=10, seed=0):
+    return StackedClassifier(classifier((1, 8, 8), k=k, seed=seed), 3).eval()
+
+
+def test_stacked_probs_are_the_product_over_modes():
+    model = stacked_model()
+    assert model.image_shape == (3, 8, 8) and model.num_classes == 1000
+    x = images(17, (3, 8, 8), seed=4)
+    feats, probs = extract(model, x, batch_size=5)
+    assert probs.shape == (17, 1000) and feats.shape == (17, 3 * FEATURE_DIM)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    per_channel = [extract(model.base, x[:, c : c + 1]) for c in range(3)]
+    a, b, c = (p.argmax(1) for _, p in per_channel)
+    np.testing.assert_array_equal(probs.argmax(1), 100 * a + 10 * b + c)
+    # Mode m = 100a + 10b + c has probability p0[a] * p1[b] * p2[c].
+    p0, p1, p2 = (p for _, p in per_channel)
+    expected = np.einsum("na,nb,nc->nabc", p0, p1, p2).reshape(17, 1000)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-9)
+    # Features: the three channels' features side by side, channel 0 first.
+    for ch, (f, _) in enumerate(per_channel):
+        np.testing.assert_allclose(feats[:, ch * FEATURE_DIM : (ch + 1) * FEATURE_DIM], f,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_forward_is_log_probs_and_accuracy_uses_modes():
+    model = stacked_model(k=4)
+    x = images(30, (3, 8, 8), seed=5)
+    _, probs = extract(model, x)
+    with torch.no_grad():
+        log_probs = model(x)
+    assert log_probs.shape == (30, 64)
+    np.testing.assert_allclose(log_probs.exp().double().numpy(), probs, rtol=1e-4, atol=1e-7)
+    labels = torch.from_numpy(probs.argmax(1))
+    assert accuracy(model, torch.utils.data.TensorDataset(x, labels)) == 1.0
+
+
+def test_stacked_extract_empty_input():
+    feats, probs = extract(stacked_model(), torch.empty(0, 3, 8, 8))
+    assert feats.shape == (0, 3 * FEATURE_DIM) and probs.shape == (0, 1000)
+
+
+def test_stacked_needs_one_channel_base():
+    with pytest.raises(DgmError, match="one-channel base"):
+        StackedClassifier(classifier((3, 8, 8)), 3)
+
+
+@pytest.mark.parametrize(("k", "channels"), [(10, 3), (4, 2), (7, 1)])
+def test_split_stacked_inverts_the_mode_encoding(k, channels):
+    gen = torch.Generator().manual_seed(k)
+    digits = torch.randint(0, k, (11, channels), generator=gen)
+    modes = sum(digits[:, c] * k ** (channels - 1 - c) for c in range(channels))
+    x = torch.rand(11, channels, 8, 8, generator=gen)
+    channel_images, channel_labels = split_stacked(x, modes, k)
+    assert channel_images.shape == (11 * channels, 1, 8, 8)
+    assert torch.equal(channel_labels, digits.reshape(-1))
+    # Row n*C + c is channel c of image n.
+    for n in (0, 5, 10):
+        for c in range(channels):
+            assert torch.equal(channel_images[n * channels + c, 0], x[n, c])
+
+
+def test_stacked_save_load_round_trip(tmp_path):
+    model = stacked_model(seed=2)
+    path = save_classifier(model, tmp_path / "classifier.pt", version="stacked-v1")
+    payload = torch.load(path, weights_only=True)
+    assert payload["stacked_channels"] == 3 and payload["image_shape"] == [1, 8, 8]
+    assert payload["num_classes"] == 10 and payload["version"] == "stacked-v1"
+    loaded = load_classifier(path)
+    assert isinstance(loaded, StackedClassifier)
+    assert loaded.version == "stacked-v1" and not loaded.training
+    assert loaded.channels == 3 and loaded.num_classes == 1000
+    assert loaded.image_shape == (3, 8, 8)
+    x = images(6, (3, 8, 8), seed=6)
+    for a, b in zip(extract(model, x), extract(loaded, x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plain_save_load_keeps_version_and_is_not_stacked(tmp_path):
+    path = save_classifier(classifier(), tmp_path / "classifier.pt", version="plain-v2")
+    assert torch.load(path, weights_only=True)["stacked_channels"] == 0
+    loaded = load_classifier(path)
+    assert not isinstance(loaded, StackedClassifier) and loaded.version == "plain-v2"

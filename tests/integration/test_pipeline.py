@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -42,7 +43,7 @@ def pipeline_repo(tmp_path_factory):
     params = yaml.safe_load(params_file.read_text())
     params["evaluator"].update(epochs=3)
     params["train"].update(epochs=2, batch_size=128, num_workers=2, sample_every=1)
-    params["evaluate"].update(num_samples=500)
+    params["evaluate"].update(num_samples=500, nll_importance_samples=8, nll_max_images=100)
     params["generate"].update(num_samples=300, batch_size=128)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -94,10 +95,20 @@ def test_metrics_and_plots_are_declared(pipeline_repo):
     repo, env, _ = pipeline_repo
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     files = shown[""]["data"]
+    every_metric = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage",
+                    "class_entropy", "class_kl", "mode_kl", "modes_covered", "inception_score",
+                    "swd", "swd_pixel", "memorization", "evaluator_test_accuracy"}
     for model in ("gan", "vae"):
         metrics = files[f"artifacts/eval/digits/{model}/metrics.json"]["data"]
-        assert {"fid", "class_entropy", "class_kl", "evaluator_test_accuracy"} <= set(metrics)
-    assert files["artifacts/evaluator/digits/metrics.json"]["data"]["test_accuracy"] > 0.8
+        assert every_metric <= set(metrics)
+    assert "nll_nats" not in files["artifacts/eval/digits/gan/metrics.json"]["data"]
+    nll = files["artifacts/eval/digits/vae/metrics.json"]["data"]["nll_nats"]
+    assert 0 < nll < 64 * math.log(2)  # better than a constant p = 0.5 per pixel
+    evaluator = files["artifacts/evaluator/digits/metrics.json"]["data"]
+    assert evaluator["test_accuracy"] > 0.8 and evaluator["floor_fid"] >= 0
+    assert (repo / "artifacts/evaluator/digits/reference.npz").stat().st_size > 0
+    report = (repo / "artifacts/eval/digits/report.md").read_text()
+    assert "| gan |" in report and "| vae |" in report and "real test (floor)" in report
     run(["dvc", "plots", "show", "-o", "plots"], repo, env)
     html = (repo / "plots" / "index.html").read_text()
     assert "GAN losses" in html and "VAE losses" in html

@@ -6,8 +6,9 @@
 - ``label``: ``int64``, nullable (null for unlabelled images);
 - generated samples add ``seed`` (``int64``).
 
-Schema metadata (``dgm.*`` keys): dataset name, height, width, channels, class names (JSON)
-and the raw files' checksums (JSON).
+Schema metadata (``dgm.*`` keys): dataset name, height, width, channels, class names (JSON),
+the raw files' checksums (JSON) and, for stacked datasets, the class names of one channel
+(``dgm.channel_class_names``; the label is then the mode Σ_c y_c·K^(C-1-c)).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class DatasetMeta:
     channels: int
     class_names: tuple[str, ...] = ()
     checksums: dict[str, str] = field(default_factory=dict)
+    channel_class_names: tuple[str, ...] = ()
+
+    @property
+    def stacked(self) -> bool:
+        """Each channel is an independent labelled image (Stacked MNIST)."""
+        return bool(self.channel_class_names)
 
     @property
     def image_bytes(self) -> int:
@@ -54,6 +61,8 @@ class DatasetMeta:
             b"dgm.channels": str(self.channels).encode(),
             b"dgm.class_names": json.dumps(list(self.class_names)).encode(),
             b"dgm.checksums": json.dumps(self.checksums, sort_keys=True).encode(),
+            **({b"dgm.channel_class_names": json.dumps(list(self.channel_class_names)).encode()}
+               if self.channel_class_names else {}),
         }
 
     @classmethod
@@ -67,6 +76,8 @@ class DatasetMeta:
                 channels=int(md[b"dgm.channels"]),
                 class_names=tuple(json.loads(md.get(b"dgm.class_names", b"[]"))),
                 checksums=json.loads(md.get(b"dgm.checksums", b"{}")),
+                channel_class_names=tuple(json.loads(md.get(b"dgm.channel_class_names",
+                                                            b"[]"))),
             )
         except (KeyError, ValueError):
             raise DgmError(f"{source}: not a dgm image Parquet file (no dgm.* metadata)") from None
@@ -155,7 +166,8 @@ def write_dataset(
     carved from train with ``seed``. The whole directory appears atomically.
     """
     height, width, channels = raw.train_images.shape[1:]
-    meta = DatasetMeta(raw.name, height, width, channels, tuple(raw.class_names), raw.checksums)
+    meta = DatasetMeta(raw.name, height, width, channels, tuple(raw.class_names), raw.checksums,
+                       tuple(raw.channel_class_names))
     images, labels = raw.train_images, raw.train_labels
     if raw.test_images is None:
         keep, test = split_indices(len(images), test_fraction, seed)

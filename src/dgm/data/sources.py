@@ -60,7 +60,19 @@ IDX_DATASETS: dict[str, IdxSpec] = {
     ),
 }
 DIGITS_FILE = "digits.csv.gz"
-DATASETS = ("digits", *IDX_DATASETS)
+STACKED_PREFIX = "stacked-"
+BASE_DATASETS = ("digits", *IDX_DATASETS)
+DATASETS = (*BASE_DATASETS, *(STACKED_PREFIX + name for name in BASE_DATASETS))
+
+
+@dataclass(frozen=True)
+class StackedSpec:
+    """How a stacked dataset is drawn: ``train_size``/``test_size`` images, ``seed``."""
+
+    train_size: int = 60_000
+    test_size: int = 10_000
+    seed: int = 0
+    channels: int = 3
 
 
 @dataclass
@@ -74,6 +86,7 @@ class RawDataset:
     test_labels: np.ndarray | None
     class_names: list[str]
     checksums: dict[str, str] = field(default_factory=dict)
+    channel_class_names: list[str] = field(default_factory=list)  # stacked datasets only
 
 
 def md5sum(path: Path) -> str:
@@ -92,8 +105,16 @@ def search_dirs(project_data: Path | None = None) -> list[Path]:
     return dirs
 
 
-def load_raw(name: str, dirs: list[Path], allow_download: bool = False) -> RawDataset:
-    """Load dataset ``name`` from the first directory holding it, verifying checksums."""
+def load_raw(name: str, dirs: list[Path], allow_download: bool = False,
+             stacked: StackedSpec | None = None) -> RawDataset:
+    """Load dataset ``name`` from the first directory holding it, verifying checksums.
+
+    ``stacked-<base>`` (e.g. ``stacked-mnist``) stacks three random images of ``base`` as
+    the channels of one image (:func:`stack`), drawn as ``stacked`` says.
+    """
+    if name.startswith(STACKED_PREFIX) and name[len(STACKED_PREFIX):] in BASE_DATASETS:
+        base = load_raw(name[len(STACKED_PREFIX):], dirs, allow_download)
+        return stack(base, stacked or StackedSpec())
     if name == "digits":
         return _load_digits(dirs)
     if name not in IDX_DATASETS:
@@ -117,6 +138,36 @@ def load_raw(name: str, dirs: list[Path], allow_download: bool = False) -> RawDa
         test_labels=arrays["t10k-labels"].astype(np.int64),
         class_names=list(spec.class_names),
         checksums=checksums,
+    )
+
+
+def stack(base: RawDataset, spec: StackedSpec) -> RawDataset:
+    """Stacked ``base`` (Srivastava et al. 2017): each image's channels are ``spec.channels``
+    independent random one-channel images of ``base``; its label is the mode
+    Σ_c y_c · K^(C-1-c) of their labels (K^C modes: 1000 for Stacked MNIST)."""
+    if base.train_images.shape[-1] != 1:
+        raise DgmError(f"only one-channel datasets can be stacked, not {base.name}")
+    rng = np.random.default_rng(spec.seed)
+    k, channels = len(base.class_names), spec.channels
+
+    def draw(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.integers(0, len(images), size=(size, channels))
+        stacked = np.concatenate([images[idx[:, c]] for c in range(channels)], axis=-1)
+        modes = sum(labels[idx[:, c]] * k ** (channels - 1 - c) for c in range(channels))
+        return stacked, modes.astype(np.int64)
+
+    train_images, train_labels = draw(base.train_images, base.train_labels, spec.train_size)
+    test_images = test_labels = None
+    if base.test_images is not None:
+        test_images, test_labels = draw(base.test_images, base.test_labels, spec.test_size)
+    width = len(str(k ** channels - 1))
+    return RawDataset(
+        name=STACKED_PREFIX + base.name,
+        train_images=train_images, train_labels=train_labels,
+        test_images=test_images, test_labels=test_labels,
+        class_names=[str(m).zfill(width) for m in range(k ** channels)],
+        checksums=dict(base.checksums),
+        channel_class_names=list(base.class_names),
     )
 
 

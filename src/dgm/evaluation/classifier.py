@@ -29,6 +29,7 @@ class Classifier(nn.Module):
             raise DgmError(f"evaluator needs image sides divisible by 4, got {height}x{width}")
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
+        self.version = ""  # set when trained or loaded: names the training (params + data)
         self.conv = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(True),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
@@ -41,10 +42,55 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURE_DIM, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.conv(x))
+        """The 128-d penultimate layer before its ReLU (no dead, rectified dimensions)."""
+        return self.embed[0](self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(F.relu(self.features(x)))
+
+    def features_and_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features (N, 128) and class posteriors (N, K)."""
+        f = self.features(x)
+        return f, torch.softmax(self.head(F.relu(f)), dim=1)
+
+
+class StackedClassifier(nn.Module):
+    """A one-channel classifier applied to each channel of a stacked image (Stacked MNIST).
+
+    Features are the channels' features side by side (N, C·128); the posterior over the
+    K^C modes is the product of the channels' posteriors, channel 0 the most significant digit
+    (mode = Σ_c y_c · K^(C-1-c), the label layout of stacked datasets).
+    """
+
+    def __init__(self, base: Classifier, channels: int):
+        super().__init__()
+        if base.image_shape[0] != 1:
+            raise DgmError("a stacked evaluator needs a one-channel base classifier")
+        self.base = base
+        self.channels = channels
+        self.version = base.version
+        self.image_shape = (channels, *base.image_shape[1:])
+        self.num_classes = base.num_classes ** channels
+
+    def features_and_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, probs = [], None
+        for c in range(self.channels):
+            f, p = self.base.features_and_probs(x[:, c : c + 1])
+            feats.append(f)
+            probs = p if probs is None else (probs[:, :, None] * p[:, None, :]).flatten(1)
+        return torch.cat(feats, dim=1), probs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.features_and_probs(x)[1].clamp_min(1e-30))
+
+
+def split_stacked(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked (N, C, H, W) images and mode labels → (N·C, 1, H, W) channels and digit labels."""
+    n, channels = images.shape[:2]
+    digits = torch.stack([(labels // num_classes ** (channels - 1 - c)) % num_classes
+                          for c in range(channels)], dim=1)
+    return images.reshape(n * channels, 1, *images.shape[2:]), digits.reshape(-1)
 
 
 @dataclass
@@ -114,17 +160,23 @@ def train_classifier(
     return model, FitReport(best_epoch=best_epoch, val_accuracy=best_acc, epochs_run=epoch)
 
 
-def save_classifier(model: Classifier, path: str | Path, version: str) -> Path:
+def save_classifier(model: Classifier | StackedClassifier, path: str | Path,
+                    version: str) -> Path:
+    """Save the state dict with its shape and version (loadable with ``weights_only=True``)."""
+    stacked = isinstance(model, StackedClassifier)
+    base = model.base if stacked else model
     payload = {
-        "format": FORMAT, "version": version, "image_shape": list(model.image_shape),
-        "num_classes": model.num_classes, "state_dict": model.state_dict(),
+        "format": FORMAT, "version": version, "image_shape": list(base.image_shape),
+        "num_classes": base.num_classes, "state_dict": base.state_dict(),
+        "stacked_channels": model.channels if stacked else 0,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
-def load_classifier(path: str | Path) -> Classifier:
+def load_classifier(path: str | Path) -> Classifier | StackedClassifier:
+    """Load a saved evaluator in eval mode; its ``version`` attribute names the training."""
     path = Path(path)
     if not path.is_file():
         raise DgmError(f"evaluator not found: {path} (run the `evaluator` stage first)")
@@ -136,18 +188,22 @@ def load_classifier(path: str | Path) -> Classifier:
         raise DgmError(f"{path} is not a dgm evaluator")
     model = Classifier(tuple(payload["image_shape"]), payload["num_classes"])
     model.load_state_dict(payload["state_dict"])
+    if payload.get("stacked_channels"):
+        model = StackedClassifier(model, int(payload["stacked_channels"]))
+    model.version = str(payload.get("version", ""))
     return model.eval()
 
 
 @torch.no_grad()
-def extract(model: Classifier, images: torch.Tensor, batch_size: int = 1000):
-    """Features (N, 128) and class probabilities (N, K) as float64 NumPy arrays."""
+def extract(model: Classifier | StackedClassifier, images: torch.Tensor, batch_size: int = 1000):
+    """Features (N, D) and class probabilities (N, K) as float64 NumPy arrays."""
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
-        f = model.features(images[start : start + batch_size])
+        f, p = model.features_and_probs(images[start : start + batch_size])
         feats.append(f)
-        probs.append(torch.softmax(model.head(f), dim=1))
+        probs.append(p)
     if not feats:
-        return np.empty((0, FEATURE_DIM)), np.empty((0, model.num_classes))
+        dim = FEATURE_DIM * getattr(model, "channels", 1)
+        return np.empty((0, dim)), np.empty((0, model.num_classes))
     return torch.cat(feats).double().numpy(), torch.cat(probs).double().numpy()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.distributions import Normal
 
 from dgm.models.base import GenerativeModel, ImageShape, ModelConfigBase, require_divisible_by_4
 
@@ -92,6 +94,23 @@ class ConvVAE(GenerativeModel):
         loss.backward()
         opt.step()
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
+
+    @torch.no_grad()
+    def log_likelihood(self, images: torch.Tensor, num_samples: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-sampled log p(x) (IWAE, q(z|x) as proposal), one value per image:
+        log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x) with K = ``num_samples``."""
+        net = getattr(self.net, "module", self.net)
+        mu, logvar = net.encode(images)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn((num_samples, *mu.shape), generator=generator, dtype=mu.dtype)
+        z = mu + std * eps.to(mu.device)  # (K, N, D)
+        log_q = Normal(mu, std).log_prob(z).sum(-1)
+        log_prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
+        logits = net.decode(z.flatten(0, 1)).view(num_samples, *images.shape)
+        log_px = -F.binary_cross_entropy_with_logits(
+            logits, images.expand_as(logits), reduction="none").flatten(2).sum(-1)
+        return torch.logsumexp(log_px + log_prior - log_q, dim=0) - math.log(num_samples)
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
