@@ -454,13 +454,6 @@ def test_evaluator_score_uses_its_reference(digits_dir, evaluator_dir):
         evaluator.score(test_images[:10], ["fid", "bogus"])
 
 
-def test_evaluator_check_dataset(digits_dir, evaluator_dir):
-    evaluator = Evaluator.open(evaluator_dir, digits_dir)
-    evaluator.check_dataset(META, "x")
-    with pytest.raises(DgmError, match="evaluator of digits, asked for mnist"):
-        evaluator.check_dataset(DatasetMeta("mnist", 28, 28, 1), "x")
-
-
 @pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint16])
 def test_check_images_integer_pixels(dtype):
     images = np.zeros((2, 8, 8, 1), dtype)

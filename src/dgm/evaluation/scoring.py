@@ -180,10 +180,6 @@ class Evaluator:
     def from_reference(cls, classifier, reference: Reference, info: dict) -> Evaluator:
         return cls(classifier, reference, meta_from_info(info), info.get("feature_scale", 1.0))
 
-    def check_dataset(self, meta: DatasetMeta, source: str) -> None:
-        if meta.name != self.meta.name:
-            raise DgmError(f"{source}: evaluator of {self.meta.name}, asked for {meta.name}")
-
     def featurize(self, images: np.ndarray) -> FeatureSet:
         """Features, posteriors and a pixel subsample of uint8 (N, H, W, C) images."""
         from dgm.data.loading import to_float_tensor
