@@ -59,7 +59,7 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_unknown_model_name():
-    with pytest.raises(DgmError, match=r"unknown model 'flow' \(configured: gan, vae\)"):
+    with pytest.raises(DgmError, match=r"unknown model 'flow' \(configured: gan, rbm, vae\)"):
         load_params(PARAMS).model("flow")
     with pytest.raises(DgmError, match=r"configured: none"):
         Params().model("gan")

@@ -9,12 +9,16 @@ import torch
 
 from dgm.errors import DgmError
 from dgm.models.gan import GANConfig
+from dgm.models.rbm import RBMConfig
 from dgm.models.registry import FAMILIES, build_model
 from dgm.models.vae import VAEConfig
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-TINY = {"gan": GANConfig(latent_dim=8, width=4), "vae": VAEConfig(latent_dim=4, width=4)}
-METRIC_KEYS = {"gan": {"loss_d", "loss_g", "d_real", "d_fake"}, "vae": {"loss", "recon", "kl"}}
+TINY = {"gan": GANConfig(latent_dim=8, width=4), "vae": VAEConfig(latent_dim=4, width=4),
+        "rbm": RBMConfig(hidden=8, gibbs_steps=5)}
+METRIC_KEYS = {"gan": {"loss_d", "loss_g", "d_real", "d_fake"}, "vae": {"loss", "recon", "kl"},
+               "rbm": {"cd_loss", "recon_bce"}}
+CONVOLUTIONAL = ("gan", "vae")
 
 
 def test_every_family_is_covered():
@@ -56,8 +60,14 @@ def test_seeded_sample_is_deterministic(family):
     assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", CONVOLUTIONAL)
 @pytest.mark.parametrize("shape", [(1, 10, 10), (1, 8, 6), (3, 30, 32)])
 def test_size_not_divisible_by_4(family, shape):
     with pytest.raises(DgmError, match="divisible by 4"):
         tiny(family, shape)
+
+
+@pytest.mark.parametrize("shape", [(1, 10, 10), (3, 5, 7)])
+def test_fully_connected_families_take_any_size(shape):
+    x = tiny("rbm", shape).sample(3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (3, *shape)

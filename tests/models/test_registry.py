@@ -10,6 +10,7 @@ import torch
 
 from dgm.errors import DgmError
 from dgm.models.gan import DCGAN, GANConfig
+from dgm.models.rbm import RBM, RBMConfig
 from dgm.models.registry import FAMILIES, MODEL_CONFIGS, build_model, config_from_dict
 from dgm.models.vae import ConvVAE, VAEConfig
 
@@ -20,8 +21,8 @@ CONFIGS = {
 
 
 def test_families():
-    assert FAMILIES == {"gan": DCGAN, "vae": ConvVAE}
-    assert MODEL_CONFIGS == {"gan": GANConfig, "vae": VAEConfig}
+    assert FAMILIES == {"gan": DCGAN, "vae": ConvVAE, "rbm": RBM}
+    assert MODEL_CONFIGS == {"gan": GANConfig, "vae": VAEConfig, "rbm": RBMConfig}
 
 
 @pytest.mark.parametrize("family", ["gan", "vae"])

@@ -104,3 +104,27 @@ def test_divergence_stops_with_one_line_and_marks_the_run_failed(ray_session, pr
     assert run.info.status == "FAILED"
     assert "became" in run.data.tags["dgm.failure_reason"]
     assert not (Layout(project, "digits").model_dir("vae") / "generator.pt").exists()
+
+
+def test_rbm_trains_with_ddp_and_keeps_its_chains(ray_session, project, tracking_uri):
+    """The RBM goes through the same Ray Train path: DDP over the free energy, PCD chains
+    and pixel means as per-worker buffers saved with the generator."""
+    params = Params.model_validate({
+        "models": {"rbm": {"hidden": 16, "persistent": True, "persistent_chains": 8,
+                           "gibbs_steps": 20, "ais_betas": 200}},
+        "train": {"epochs": 2, "batch_size": 128, "num_workers": 2, "cpus_per_worker": 0.5,
+                  "sample_every": 1},
+    })
+    info = train(params, "rbm", root=project)
+    out = Layout(project, "digits").model_dir("rbm")
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["recon_bce"]) < float(rows[0]["recon_bce"])
+    assert MlflowClient(tracking_uri).get_run(info["run_id"]).info.status == "FINISHED"
+    model = load_generator(out / "generator.pt")
+    assert model.net.chains.shape == (8, 64)
+    assert model.net.pixel_count.item() == 2 * (1294 // 128) * 64  # rank 0's images
+    images = sample_uint8(model, 16, seed=3)
+    assert images.shape == (16, 8, 8, 1) and (images == sample_uint8(model, 16, seed=3)).all()
+    nll = model.log_likelihood(torch.rand(10, 1, 8, 8), 20, torch.Generator().manual_seed(0))
+    assert torch.isfinite(nll).all() and (nll < 0).all()

@@ -10,9 +10,10 @@ from pydantic import Field
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, ImageShape, ModelConfigBase
 from dgm.models.gan import DCGAN
+from dgm.models.rbm import RBM
 from dgm.models.vae import ConvVAE
 
-FAMILIES: dict[str, type[GenerativeModel]] = {cls.family: cls for cls in (DCGAN, ConvVAE)}
+FAMILIES: dict[str, type[GenerativeModel]] = {cls.family: cls for cls in (DCGAN, ConvVAE, RBM)}
 MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {
     name: cls.config_class for name, cls in FAMILIES.items()
 }
