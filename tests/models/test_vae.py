@@ -84,3 +84,17 @@ def test_overfits_a_fixed_batch(digits_batch):
     end = sum(losses[-10:]) / 10 - floor
     assert start > 20  # ~29 nats above the floor at init: there is something to learn
     assert start / end >= 2.0, (losses[0], losses[-10:], floor)
+
+
+def test_analytic_kl_matches_a_monte_carlo_estimate():
+    from torch.distributions import Normal
+
+    from dgm.models.vae import gaussian_kl
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 3, generator=g)
+    logvar = torch.randn(4, 3, generator=g) * 0.5
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    z = q.sample((200_000,))
+    monte_carlo = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(-1).mean(0)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), monte_carlo, atol=0.02, rtol=0.01)

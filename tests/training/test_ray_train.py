@@ -128,3 +128,14 @@ def test_rbm_trains_with_ddp_and_keeps_its_chains(ray_session, project, tracking
     assert images.shape == (16, 8, 8, 1) and (images == sample_uint8(model, 16, seed=3)).all()
     nll = model.log_likelihood(torch.rand(10, 1, 8, 8), 20, torch.Generator().manual_seed(0))
     assert torch.isfinite(nll).all() and (nll < 0).all()
+
+
+def test_wgan_gp_trains_under_ddp(ray_session, project, tracking_uri):
+    """The gradient penalty differentiates through the DDP-wrapped critic."""
+    params = Params.model_validate({
+        "models": {"gan": {"width": 8, "latent_dim": 8, "loss": "wgan-gp", "n_critic": 2}},
+        "train": {"epochs": 1, "batch_size": 128, "num_workers": 2, "cpus_per_worker": 0.5},
+    })
+    train(params, "gan", root=project)
+    rows = list(csv.DictReader(open(Layout(project, "digits").model_dir("gan") / "history.csv")))
+    assert len(rows) == 1 and float(rows[0]["gradient_penalty"]) >= 0

@@ -1,13 +1,22 @@
-"""DCGAN with the non-saturating GAN loss, sized from the image shape."""
+"""DCGAN-shaped GANs sized from the image shape, with the loss chosen by config.
+
+Losses (``loss``): ``nonsaturating`` (DCGAN, Goodfellow et al. 2014), ``lsgan`` (least
+squares, Mao et al. 2017), ``wgan-gp`` (Wasserstein critic with gradient penalty, Gulrajani
+et al. 2017: ``gp_weight`` λ, ``n_critic`` critic steps per generator step, no BatchNorm in
+the critic) and ``hinge`` (with spectral normalisation of the discriminator, Miyato et al.
+2018). ``lr_g`` ≠ ``lr_d`` gives the two time-scale update rule (TTUR).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from dgm.models.base import (
     GenerativeModel,
@@ -27,6 +36,20 @@ class GANConfig(ModelConfigBase):
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
+    loss: Literal["nonsaturating", "lsgan", "wgan-gp", "hinge"] = "nonsaturating"
+    gp_weight: float = Field(10.0, ge=0, description="λ of the WGAN-GP gradient penalty")
+    n_critic: int = Field(1, gt=0, description="discriminator steps per generator step")
+    spectral_norm: bool | None = Field(
+        None, description="spectral norm in D (default: on for hinge, off otherwise)")
+
+    @property
+    def use_spectral_norm(self) -> bool:
+        return self.loss == "hinge" if self.spectral_norm is None else self.spectral_norm
+
+    @property
+    def use_batchnorm_in_d(self) -> bool:
+        """BatchNorm breaks the per-sample gradient penalty; spectral norm replaces it."""
+        return self.loss != "wgan-gp" and not self.use_spectral_norm
 
 
 class Generator(nn.Module):
@@ -56,28 +79,54 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Two stride-2 convolutions with BatchNorm and LeakyReLU, then a linear logit."""
+    """Two stride-2 convolutions (BatchNorm optional) with LeakyReLU, then a linear logit;
+    every layer spectrally normalised when ``sn``."""
 
-    def __init__(self, width: int, image_shape: ImageShape):
+    def __init__(self, width: int, image_shape: ImageShape, batchnorm: bool = True,
+                 sn: bool = False):
         super().__init__()
         channels = image_shape[0]
         bh, bw = require_divisible_by_4(image_shape)
+        wrap = spectral_norm if sn else (lambda layer: layer)
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1),
+            wrap(nn.Conv2d(channels, width, 4, 2, 1)),
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(2 * width),
+            wrap(nn.Conv2d(width, 2 * width, 4, 2, 1, bias=not batchnorm)),
+            nn.BatchNorm2d(2 * width) if batchnorm else nn.Identity(),
             nn.LeakyReLU(0.2, True),
             nn.Flatten(),
-            nn.Linear(2 * width * bh * bw, 1),
+            wrap(nn.Linear(2 * width * bh * bw, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
 
 
+# Losses by name: (discriminator loss of (d_real, d_fake), generator loss of d_fake).
+GanLoss = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                Callable[[torch.Tensor], torch.Tensor]]
+LOSSES: dict[str, GanLoss] = {
+    "nonsaturating": (lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(),
+                      lambda f: F.softplus(-f).mean()),
+    "lsgan": (lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f ** 2).mean(),
+              lambda f: 0.5 * ((f - 1) ** 2).mean()),
+    "wgan-gp": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),
+    "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
+}
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP: E[(‖∇ₓ D(x̂)‖₂ − 1)²] at x̂ = α·real + (1 − α)·fake, α ~ U(0, 1) per sample."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
 class DCGAN(GenerativeModel):
-    """DCGAN trained with the non-saturating loss (Goodfellow et al. 2014)."""
+    """DCGAN architecture trained with the configured loss (see the module docstring)."""
 
     family = "gan"
     config_class = GANConfig
@@ -88,7 +137,8 @@ class DCGAN(GenerativeModel):
     def __init__(self, config: GANConfig, image_shape: ImageShape):
         super().__init__(config, image_shape)
         self.G = Generator(config.latent_dim, config.width, image_shape)
-        self.D = Discriminator(config.width, image_shape)
+        self.D = Discriminator(config.width, image_shape, batchnorm=config.use_batchnorm_in_d,
+                               sn=config.use_spectral_norm)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg: GANConfig = self.config
@@ -99,27 +149,39 @@ class DCGAN(GenerativeModel):
         }
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+        cfg: GANConfig = self.config
+        d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
         real = images * 2 - 1
-        z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
-        fake = self.G(z)
+        for _ in range(cfg.n_critic):  # the same real batch, fresh latents each critic step
+            z = torch.randn(real.shape[0], cfg.latent_dim, device=real.device)
+            fake = self.G(z)
+            d_real = self.D(real)
+            d_fake = self.D(fake.detach())
+            loss_d = d_loss_fn(d_real, d_fake)
+            penalty = None
+            if cfg.loss == "wgan-gp":
+                penalty = gradient_penalty(self.D, real, fake.detach())
+                loss_d = loss_d + cfg.gp_weight * penalty
+            self.optimizers["D"].zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.optimizers["D"].step()
 
-        d_real = self.D(real)
-        d_fake = self.D(fake.detach())
-        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["D"].step()
-
-        loss_g = F.softplus(-self.D(fake)).mean()
+        loss_g = g_loss_fn(self.D(fake))
         self.optimizers["G"].zero_grad(set_to_none=True)
         loss_g.backward()
         self.optimizers["G"].step()
-        return {
+        metrics = {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
-            "d_real": torch.sigmoid(d_real).mean().item(),
-            "d_fake": torch.sigmoid(d_fake).mean().item(),
+            "d_real": d_real.mean().item(),
+            "d_fake": d_fake.mean().item(),
         }
+        if cfg.loss == "nonsaturating":  # as probabilities for the classic loss
+            metrics["d_real"] = torch.sigmoid(d_real).mean().item()
+            metrics["d_fake"] = torch.sigmoid(d_fake).mean().item()
+        if penalty is not None:
+            metrics["gradient_penalty"] = penalty.item()
+        return metrics
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
