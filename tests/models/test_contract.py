@@ -71,3 +71,46 @@ def test_size_not_divisible_by_4(family, shape):
 def test_fully_connected_families_take_any_size(shape):
     x = tiny("rbm", shape).sample(3, generator=torch.Generator().manual_seed(0))
     assert x.shape == (3, *shape)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_has_the_gradient_guards(family):
+    config = TINY[family]
+    assert config.grad_clip is None and config.max_grad_norm == 1e6
+    tuned = type(config).model_validate({**config.model_dump(), "grad_clip": 0.5})
+    assert tuned.grad_clip == 0.5
+
+
+def sgd_rbm(**guards):
+    from dgm.models.rbm import RBM
+
+    config = RBMConfig(hidden=8, lr=0.1, momentum=0.0, weight_decay=0.0, **guards)
+    torch.manual_seed(0)
+    return RBM(config, (1, 4, 4)).setup()
+
+
+def parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def test_gradient_clipping_bounds_the_update():
+    model = sgd_rbm(grad_clip=1e-3)
+    before = parameters(model)
+    loss = (model.net.W ** 2).sum() * 1e3 + model.net.b.sum() + model.net.c.sum()
+    norm = model.optimize("net", loss)
+    assert norm > 1e-3  # the norm before clipping is returned
+    step = (parameters(model) - before).norm().item()
+    assert step == pytest.approx(0.1 * 1e-3, rel=1e-3)  # lr × clipped norm (plain SGD)
+
+
+def test_an_exploding_gradient_stops_before_the_step():
+    from dgm.errors import TrainingDiverged
+
+    model = sgd_rbm(max_grad_norm=1.0)
+    before = parameters(model)
+    with pytest.raises(TrainingDiverged, match=r"gradient norm of net became [0-9.e+]+ "
+                                               r"\(max_grad_norm 1\)"):
+        model.optimize("net", model.net.b.sum() * 100)
+    assert torch.equal(parameters(model), before)
+    with pytest.raises(TrainingDiverged, match="became nan"):
+        model.optimize("net", model.net.b.sum() * float("nan"))

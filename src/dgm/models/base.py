@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dgm.errors import DgmError
+from dgm.errors import DgmError, TrainingDiverged
 
 ImageShape = tuple[int, int, int]  # (channels, height, width)
 # Wraps one network for distributed training (e.g. Ray's ``prepare_model``): (module, ddp_kwargs).
@@ -18,9 +19,17 @@ WrapFn = Callable[[nn.Module, dict[str, Any]], nn.Module]
 
 
 class ModelConfigBase(BaseModel):
-    """Base of every family's typed config; unknown keys are errors."""
+    """Base of every family's typed config; unknown keys are errors.
+
+    Every family shares the gradient guards of :meth:`GenerativeModel.optimize`:
+    ``grad_clip`` (clip each update's total gradient norm; null: no clipping) and
+    ``max_grad_norm`` (a larger or non-finite norm stops training as diverged).
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    grad_clip: float | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1e6, gt=0)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -85,6 +94,22 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
     # --- training and sampling ----------------------------------------------------------
+    def optimize(self, name: str, loss: torch.Tensor) -> float:
+        """Backward ``loss`` and step optimizer ``name``, clipping the gradient norm to
+        ``grad_clip``; a norm above ``max_grad_norm`` (or not finite) raises
+        :class:`TrainingDiverged` before the step. Returns the norm before clipping."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        limit = self.config.grad_clip or float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        if not math.isfinite(norm) or norm > self.config.max_grad_norm:
+            raise TrainingDiverged(f"gradient norm of {name} became {norm:.3g} "
+                                   f"(max_grad_norm {self.config.max_grad_norm:g})")
+        opt.step()
+        return norm
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         """One optimisation step on a batch of images in [0, 1] (N, C, H, W)."""
         raise NotImplementedError

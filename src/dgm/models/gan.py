@@ -162,14 +162,10 @@ class DCGAN(GenerativeModel):
             if cfg.loss == "wgan-gp":
                 penalty = gradient_penalty(self.D, real, fake.detach())
                 loss_d = loss_d + cfg.gp_weight * penalty
-            self.optimizers["D"].zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.optimizers["D"].step()
+            self.optimize("D", loss_d)
 
         loss_g = g_loss_fn(self.D(fake))
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["G"].step()
+        self.optimize("G", loss_g)
         metrics = {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),

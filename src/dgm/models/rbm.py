@@ -157,10 +157,7 @@ class RBM(GenerativeModel):
                 rbm.chains.copy_(v_model)
         free = self.net(torch.cat([v_data, v_model]))
         loss = free[: len(v_data)].mean() - free[len(v_data):].mean()
-        opt = self.optimizers["net"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize("net", loss)
         self._log_z = None
         with torch.no_grad():
             recon = torch.sigmoid(rbm.visible_logits(rbm.hidden_probs(v_data)))

@@ -89,10 +89,7 @@ class ConvVAE(GenerativeModel):
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         recon, kl = self.negative_elbo(images)
         loss = (recon + self.config.beta * kl).mean()
-        opt = self.optimizers["net"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimize("net", loss)
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item()}
 
     @torch.no_grad()
