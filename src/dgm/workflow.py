@@ -120,8 +120,8 @@ def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
     metrics: test accuracy and the floor of each quality metric (real test vs real train)."""
     from torch.utils.data import TensorDataset
 
-    from dgm.data.loading import load_split_tensors
-    from dgm.data.parquet import read_meta, read_split
+    from dgm.data.loading import to_dataset
+    from dgm.data.parquet import SPLITS, read_split
     from dgm.evaluation.classifier import (
         StackedClassifier,
         accuracy,
@@ -129,12 +129,13 @@ def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
         split_stacked,
         train_classifier,
     )
-    from dgm.evaluation.reference import REFERENCE_FILE, build_reference, save_reference
+    from dgm.evaluation.reference import REFERENCE_FILE, reference_and_holdout, save_reference
     from dgm.evaluation.scoring import Evaluator
 
     lay = layout(params, root)
-    meta = read_meta(lay.data_dir / "train")
-    splits = {s: load_split_tensors(lay.data_dir, s) for s in ("train", "val", "test")}
+    data = {s: read_split(lay.data_dir, s) for s in SPLITS}
+    meta = data["train"].meta
+    splits = {s: to_dataset(d) for s, d in data.items()}
     shape, num_classes = meta.shape_chw, max(len(meta.class_names), 1)
     fit_splits = splits
     if meta.stacked:  # one classifier for every channel, trained on the channels' digits
@@ -158,10 +159,10 @@ def train_evaluator(params: Params, root: Path | None = None) -> dict[str, Any]:
                    + json.dumps(meta.checksums, sort_keys=True))
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
     model.version = f"{params.data.name}-{digest}"
-    reference, info = build_reference(model, lay.data_dir)
+    reference, info, holdout = reference_and_holdout(model, data["train"], data["test"])
     evaluator = Evaluator.from_reference(model, reference, info)
-    floors = evaluator.score(read_split(lay.data_dir, "test").images,
-                             params.evaluate.metrics, params.evaluate.metric_options).metrics
+    floors = evaluator.score_features(holdout, params.evaluate.metrics,
+                                      params.evaluate.metric_options).metrics
     metrics.update({f"floor_{k}": v for k, v in floors.items()})
     save_classifier(model, lay.evaluator_dir / "classifier.pt", version=model.version)
     save_reference(reference, info, lay.evaluator_dir / REFERENCE_FILE)

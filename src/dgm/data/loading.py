@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from dgm.data.parquet import read_split
+from dgm.data.parquet import ImageSet, read_split
 
 
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
@@ -22,7 +22,11 @@ def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     return scaled.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def load_split_tensors(root: str | Path, split: str) -> TensorDataset:
+def to_dataset(data: ImageSet) -> TensorDataset:
     """A ``TensorDataset`` of (images float (N, C, H, W) in [0, 1], labels int64)."""
-    data = read_split(root, split)
     return TensorDataset(to_float_tensor(data.images), torch.from_numpy(data.labels))
+
+
+def load_split_tensors(root: str | Path, split: str) -> TensorDataset:
+    """:func:`to_dataset` of one split of a prepared dataset."""
+    return to_dataset(read_split(root, split))

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from dgm.data.loading import to_float_tensor
-from dgm.data.parquet import DatasetMeta, read_split
+from dgm.data.parquet import DatasetMeta, ImageSet, read_split
 from dgm.errors import DgmError
-from dgm.evaluation.metrics import Reference, nearest_distances
+from dgm.evaluation.classifier import extract
+from dgm.evaluation.metrics import FeatureSet, Reference, nearest_distances
 from dgm.paths import atomic_path
 
 REFERENCE_FILE = "reference.npz"
@@ -29,8 +30,6 @@ CHUNK = 5000
 def features_and_labels(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Evaluator features (float32) and argmax classes of uint8 (N, H, W, C) images, chunked
     so that stacked datasets' K^C posteriors never exist for the whole set at once."""
-    from dgm.evaluation.classifier import extract
-
     feats, labels = [], []
     for start in range(0, len(images), CHUNK):
         f, p = extract(classifier, to_float_tensor(images[start : start + CHUNK]))
@@ -46,15 +45,29 @@ def flat_pixels(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
+def feature_set(classifier, images: np.ndarray, scale: float) -> FeatureSet:
+    """What the metrics see of uint8 (N, H, W, C) images: features divided by the
+    evaluator's ``scale``, class posteriors and the first :data:`PIXEL_SAMPLES` pixels."""
+    features, probs = extract(classifier, to_float_tensor(images))
+    features /= scale
+    return FeatureSet(features, probs, pixels=flat_pixels(images[:PIXEL_SAMPLES]))
+
+
 def build_reference(classifier, data_dir: str | Path, seed: int = 0) -> tuple[Reference, dict]:
     """Reference of the prepared dataset at ``data_dir`` under ``classifier``."""
-    train = read_split(data_dir, "train")
-    test = read_split(data_dir, "test")
+    reference, info, _ = reference_and_holdout(
+        classifier, read_split(data_dir, "train"), read_split(data_dir, "test"), seed)
+    return reference, info
+
+
+def reference_and_holdout(classifier, train: ImageSet, test: ImageSet, seed: int = 0,
+                          ) -> tuple[Reference, dict, FeatureSet]:
+    """Reference of the ``train`` split, its info, and the ``test`` split as the metrics see
+    any scored images (:func:`feature_set`) — what the floors of the metrics are scored on."""
     features, labels = features_and_labels(classifier, train.images)
-    test_features, _ = features_and_labels(classifier, test.images)
     scale = float(np.sqrt(features.astype(np.float64).var(axis=0).mean())) or 1.0
     features /= scale
-    test_features /= scale
+    holdout = feature_set(classifier, test.images, scale)
     counts = np.bincount(labels, minlength=classifier.num_classes)
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(train.images), min(PIXEL_SAMPLES, len(train.images)),
@@ -63,12 +76,12 @@ def build_reference(classifier, data_dir: str | Path, seed: int = 0) -> tuple[Re
         features=features,
         histogram=counts / max(1, counts.sum()),
         pixels=flat_pixels(train.images[take]),
-        holdout_nn_distances=nearest_distances(test_features, features),
+        holdout_nn_distances=nearest_distances(holdout.features, features),
     )
     info = {"dataset": _meta_dict(train.meta), "evaluator_version": classifier.version,
             "feature_scale": scale,
             "train_rows": len(train.images), "test_rows": len(test.images)}
-    return reference, info
+    return reference, info, holdout
 
 
 def _meta_dict(meta: DatasetMeta) -> dict:

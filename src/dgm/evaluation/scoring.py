@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dgm.data.parquet import DatasetMeta, read_images, read_meta
+from dgm.data.parquet import DatasetMeta, read_images
 from dgm.errors import DgmError
-from dgm.evaluation.classifier import extract, load_classifier
+from dgm.evaluation.classifier import load_classifier
 from dgm.evaluation.metrics import FeatureSet, MetricOptions, Reference, compute
 from dgm.evaluation.reference import (
-    PIXEL_SAMPLES,
     REFERENCE_FILE,
     build_reference,
-    flat_pixels,
+    feature_set,
     load_reference,
     meta_from_info,
 )
@@ -182,18 +181,17 @@ class Evaluator:
 
     def featurize(self, images: np.ndarray) -> FeatureSet:
         """Features, posteriors and a pixel subsample of uint8 (N, H, W, C) images."""
-        from dgm.data.loading import to_float_tensor
-
-        features, probs = extract(self.classifier, to_float_tensor(images))
-        features /= self.feature_scale
-        take = images[:PIXEL_SAMPLES]
-        return FeatureSet(features, probs, pixels=flat_pixels(take))
+        return feature_set(self.classifier, images, self.feature_scale)
 
     def score(self, images: np.ndarray, metrics: list[str] | None = None,
               options: MetricOptions | None = None) -> ScoreResult:
         """Metrics of ``images`` against the real train split."""
         images = check_images(images, self.meta, "samples")
-        gen = self.featurize(images)
+        return self.score_features(self.featurize(images), metrics, options)
+
+    def score_features(self, gen: FeatureSet, metrics: list[str] | None = None,
+                       options: MetricOptions | None = None) -> ScoreResult:
+        """Metrics of already featurized images (:meth:`featurize`)."""
         values = compute(metrics, self.reference, gen, options)
         return ScoreResult(values, self.reference.class_histogram, gen.class_histogram,
                            self.meta.class_names)
@@ -204,6 +202,4 @@ def score_images(
     options: MetricOptions | None = None,
 ) -> ScoreResult:
     """Metrics of ``images`` (uint8 N×H×W×C) against the real train split at ``data_dir``."""
-    meta = read_meta(Path(data_dir) / "train")
-    images = check_images(images, meta, "samples")
     return Evaluator.open(evaluator_dir, data_dir).score(images, metrics, options)

@@ -166,15 +166,14 @@ class DCGAN(GenerativeModel):
 
         loss_g = g_loss_fn(self.D(fake))
         self.optimize("G", loss_g)
+        # D's outputs: probabilities for the classic loss, raw scores for the others
+        shown = torch.sigmoid if cfg.loss == "nonsaturating" else torch.as_tensor
         metrics = {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
-            "d_real": d_real.mean().item(),
-            "d_fake": d_fake.mean().item(),
+            "d_real": shown(d_real).mean().item(),
+            "d_fake": shown(d_fake).mean().item(),
         }
-        if cfg.loss == "nonsaturating":  # as probabilities for the classic loss
-            metrics["d_real"] = torch.sigmoid(d_real).mean().item()
-            metrics["d_fake"] = torch.sigmoid(d_fake).mean().item()
         if penalty is not None:
             metrics["gradient_penalty"] = penalty.item()
         return metrics
