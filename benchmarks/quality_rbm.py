@@ -2,9 +2,13 @@
 
 Trains a Bernoulli RBM (``--hidden`` units, dynamically binarized MNIST, SGD with momentum
 and weight decay) through the shared training loop for each method until its share of
-``--budget-minutes`` is spent, then estimates log Z by AIS from the base-rate model
-(``--ais-chains`` × ``--ais-betas``) and reports the mean test log-likelihood of the
-test images binarized at 0.5. Figures: ``test_loglik_nats_<method>``, ``wall_s_<method>``.
+``--budget-minutes`` is spent (PCD with its own learning rate, ``--pcd-lr``, annealed to zero
+over the budget by a cosine schedule: persistent chains need a small, decaying rate to stay
+near the model's distribution, Tieleman 2008), then estimates log Z by AIS from the
+base-rate model (``--ais-chains`` × ``--ais-betas``) and reports the mean log-likelihood of
+the stochastically binarized test images. With ``--samples``, also the MNIST evaluator's
+``fid``, ``class_kl`` and ``modes_covered`` of Gibbs samples (the evaluator of
+``quality_gan.py``). Figures: ``test_loglik_nats_<method>``, ``wall_s_<method>``, ….
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from _common import emit, mirror, parser, prepared
+from _common import emit, mirror, parser, prepared, score_samples, train_for_budget
 from torch.utils.data import DataLoader
 
 from dgm.data.loading import load_split_tensors
 from dgm.evaluation.likelihood import negative_log_likelihood
+from dgm.models.base import ScheduleConfig
 from dgm.models.rbm import RBM, RBMConfig
-from dgm.training.loop import train_epochs
 
 METHODS = {"cd1": {"cd_k": 1, "persistent": False}, "pcd": {"cd_k": 1, "persistent": True}}
 
@@ -32,8 +36,11 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--pcd-lr", type=float, default=0.01)
     p.add_argument("--ais-chains", type=int, default=100)
     p.add_argument("--ais-betas", type=int, default=10_000)
+    p.add_argument("--samples", type=int, default=10_000,
+                   help="generated images scored by the MNIST evaluator (0: skip)")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dgm-bench")
     args = p.parse_args()
     if mirror() is None:
@@ -45,20 +52,24 @@ def main() -> None:
     figures: dict = {"hidden": args.hidden, "budget_minutes": args.budget_minutes}
     for method in methods:
         torch.manual_seed(0)
-        config = RBMConfig(hidden=args.hidden, lr=args.lr, ais_betas=args.ais_betas,
-                           persistent_chains=args.batch_size, **METHODS[method])
+        persistent = METHODS[method]["persistent"]
+        config = RBMConfig(hidden=args.hidden, lr=args.pcd_lr if persistent else args.lr,
+                           ais_betas=args.ais_betas, persistent_chains=args.batch_size,
+                           **METHODS[method])
         model = RBM(config, (1, 28, 28)).setup()
         loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
-        deadline = time.perf_counter() + 60 * args.budget_minutes / len(methods)
-        started, epochs = time.perf_counter(), 0
-        while time.perf_counter() < deadline:
-            epochs += 1
-            history = train_epochs(model, loader, epochs=epochs, start_epoch=epochs - 1,
-                                   log=None)
-            if epochs == 5:  # momentum 0.5 → 0.9 after the first epochs (Hinton's guide)
+        minutes = args.budget_minutes / len(methods)
+
+        def on_epoch(epoch: int, seconds: float, model=model, persistent=persistent,
+                     minutes=minutes) -> None:
+            if epoch == 1 and persistent:  # anneal to 0 over the epochs the budget allows
+                total = max(2, int(60 * minutes / seconds))
+                model.setup(schedule=ScheduleConfig(kind="cosine"), epochs=total - 1)
+            if epoch == 5:  # momentum 0.5 → 0.9 after the first epochs (Hinton's guide)
                 for group in model.optimizers["net"].param_groups:
                     group["momentum"] = 0.9
-        wall = time.perf_counter() - started
+
+        last, epochs, _, wall = train_for_budget(model, loader, minutes, on_epoch)
         model.eval()
         ais_started = time.perf_counter()
         nll = negative_log_likelihood(model, test, args.ais_chains, seed=0, batch_size=10_000)
@@ -68,8 +79,11 @@ def main() -> None:
             f"log_z_{method}": round(model.log_partition(args.ais_chains), 2),
             f"epochs_{method}": epochs, f"wall_s_{method}": round(wall, 1),
             f"ais_s_{method}": round(time.perf_counter() - ais_started, 1),
-            f"final_recon_bce_{method}": round(history[-1]["recon_bce"], 2),
+            f"final_recon_bce_{method}": round(last["recon_bce"], 2),
         })
+        if args.samples:
+            figures.update(score_samples(model, "mnist", args.cache, args.samples,
+                                         ("fid", "class_kl", "modes_covered"), f"_{method}"))
         print(method, figures, flush=True)
     emit(figures, args.json)
 

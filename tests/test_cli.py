@@ -427,7 +427,7 @@ def test_evaluate_report(fast_dgm, tmp_path, floors):
             {"test_accuracy": 0.97, "floor_fid": 0.5, "floor_kid": 0.001}))
     result = fast_dgm("evaluate", "--report", cwd=root)
     assert result.returncode == 0, result.stderr
-    report = root / "artifacts" / "eval" / "digits" / "report.md"
+    report = root / "artifacts" / "reports" / "digits.md"
     text = report.read_text()
     assert text.startswith("# digits: evaluated models")
     assert result.stdout == text
@@ -449,14 +449,14 @@ def test_evaluate_report_to_output(fast_dgm, tmp_path):
     result = fast_dgm("evaluate", "--report", "--output", "docs/r.md", cwd=root)
     assert result.returncode == 0, result.stderr
     assert "| gan | 1 |" in (root / "docs" / "r.md").read_text()
-    assert not (root / "artifacts" / "eval" / "digits" / "report.md").exists()
+    assert not (root / "artifacts" / "reports" / "digits.md").exists()
 
 
 def test_evaluate_report_without_evaluated_models(fast_dgm, tmp_path):
     root = new_project(tmp_path / "proj")
     result = fast_dgm("evaluate", "--report", cwd=root)
     assert_one_line_error(result, "no evaluated models")
-    assert not (root / "artifacts" / "eval" / "digits" / "report.md").exists()
+    assert not (root / "artifacts" / "reports" / "digits.md").exists()
 
 
 def test_evaluate_empty_metric_list(fast_dgm, project, test_images, tmp_path):

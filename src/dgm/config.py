@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dgm.errors import DgmError
 from dgm.evaluation.metrics import METRICS, MetricOptions
+from dgm.models.base import ScheduleConfig
 from dgm.models.registry import MODEL_CONFIGS, ModelConfig
+from dgm.training.loop import EarlyStopping
 
 
 class Section(BaseModel):
@@ -62,6 +64,9 @@ class TrainConfig(Section):
     sample_every: Annotated[int, Field(gt=0)] = 5
     max_failures: Annotated[int, Field(ge=0)] = 0
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    lr_schedule: ScheduleConfig = ScheduleConfig()  # every optimizer, stepped per epoch
+    early_stopping: EarlyStopping = EarlyStopping()  # on a validation metric (patience null: off)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
     # Ray Train V2 collects worker reports at this interval and each report waits for the
     # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
     report_interval_s: Annotated[float, Field(gt=0)] = 0.1

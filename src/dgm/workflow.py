@@ -197,6 +197,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
     lay = layout(params, root)
     model_cfg = params.model(model_name)
     meta = read_meta(lay.data_dir / "train")
+    check_classes(model_cfg, meta, model_name)
     prefix = f"{params.data.name}-{model_name}-"
     if resume:
         run_name = run_name or ray_train.latest_run_name(lay.ray_storage, prefix)
@@ -248,6 +249,14 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
     return info
 
 
+def check_classes(model_cfg, meta, model_name: str) -> None:
+    """A conditional model's ``num_classes`` must be the dataset's class count."""
+    if getattr(model_cfg, "conditional", False) and model_cfg.num_classes != len(
+            meta.class_names):
+        raise DgmError(f"models.{model_name}.num_classes is {model_cfg.num_classes} but "
+                       f"{meta.name} has {len(meta.class_names)} classes")
+
+
 def _log_loss_plot(logger, history: list[dict[str, float]]) -> None:
     import matplotlib
 
@@ -280,17 +289,20 @@ def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[
     from dgm.evaluation.likelihood import negative_log_likelihood, supports_likelihood
     from dgm.evaluation.scoring import Evaluator
     from dgm.images import save_grid
-    from dgm.models.generator import load_generator, sample_uint8
+    from dgm.models.generator import balanced_labels, load_generator, sample_uint8
     from dgm.tracking.mlflow_runs import RunLogger, tracking_uri
 
     lay = layout(params, root)
     model_dir = lay.model_dir(model_name)
     generator = load_generator(model_dir / "generator.pt")
     cfg = params.evaluate
-    images = sample_uint8(generator, cfg.num_samples, cfg.seed)
+    labels = balanced_labels(generator, cfg.num_samples)  # conditional: every class alike
+    images = sample_uint8(generator, cfg.num_samples, cfg.seed, labels)
     out = lay.eval_dir(model_name)
     evaluator = Evaluator.open(lay.evaluator_dir, lay.data_dir)
     result = evaluator.score(images, cfg.metrics, cfg.metric_options)
+    if labels is not None:
+        result.metrics["label_accuracy"] = evaluator.label_accuracy(images, labels)
     if supports_likelihood(generator):
         test = read_split(lay.data_dir, "test").images[: cfg.nll_max_images]
         result.metrics.update(negative_log_likelihood(
@@ -311,13 +323,14 @@ def evaluate(params: Params, model_name: str, root: Path | None = None) -> dict[
 
 
 def report(params: Params, root: Path | None = None, output: Path | None = None) -> Path:
-    """Markdown table comparing every evaluated model of the dataset (``report.md``)."""
+    """Markdown table comparing every configured model evaluated on the dataset, with the
+    floors (``artifacts/reports/<dataset>.md``)."""
     from dgm.evaluation.report import markdown_table
 
     lay = layout(params, root)
     eval_root = lay.artifacts / "eval" / params.data.name
-    rows = {path.parent.name: read_json(path, "evaluation metrics")
-            for path in sorted(eval_root.glob("*/metrics.json"))}
+    rows = {name: read_json(eval_root / name / "metrics.json", "evaluation metrics")
+            for name in params.models if (eval_root / name / "metrics.json").is_file()}
     if not rows:
         raise DgmError(f"no evaluated models under {eval_root} (run `dgm evaluate --model`)")
     floors = read_json(lay.evaluator_dir / "metrics.json", "evaluator metrics") \
@@ -326,7 +339,7 @@ def report(params: Params, root: Path | None = None, output: Path | None = None)
     if floor_row:
         rows["real test (floor)"] = floor_row
     text = f"# {params.data.name}: evaluated models\n\n" + markdown_table(rows) + "\n"
-    output = output or eval_root / "report.md"
+    output = output or lay.artifacts / "reports" / f"{params.data.name}.md"
     with atomic_path(output) as tmp:
         tmp.write_text(text)
     print(text, end="")

@@ -16,23 +16,23 @@ from dgm.evaluation.likelihood import (
 )
 from dgm.models.gan import DCGAN, GANConfig
 from dgm.models.registry import build_model
-from dgm.models.vae import ConvVAE, VAEConfig
+from dgm.models.vae import VAE, VAEConfig
 
 SHAPE = (1, 8, 8)
 
 
-def make_vae(seed: int = 0, shape=SHAPE) -> ConvVAE:
+def make_vae(seed: int = 0, shape=SHAPE) -> VAE:
     torch.manual_seed(seed)
-    return ConvVAE(VAEConfig(latent_dim=4, width=8), shape)
+    return VAE(VAEConfig(latent_dim=4, width=8), shape)
 
 
 @torch.no_grad()
-def prior_posterior_vae(bias, shape=SHAPE) -> ConvVAE:
+def prior_posterior_vae(bias, shape=SHAPE) -> VAE:
     """q(z|x) = N(0, I) = p(z) and p(x|z) = Bernoulli(σ(bias[c])) for every pixel of channel c."""
     vae = make_vae(shape=shape)
     net = vae.net
-    net.encoder[-1].weight.zero_()
-    net.encoder[-1].bias.zero_()  # mu = 0, logvar = 0
+    net.posterior.weight.zero_()
+    net.posterior.bias.zero_()  # mu = 0, logvar = 0
     for layer in (net.project[0], net.decoder[0], net.decoder[2]):
         layer.weight.zero_()
         layer.bias.zero_()

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from dgm.data.parquet import read_images
 
 REPO = Path(__file__).resolve().parents[2]
+MODELS = ("gan", "rbm", "vae")  # the models of configs/params.yaml
 pytestmark = pytest.mark.integration
 
 
@@ -72,19 +73,19 @@ def test_repro_tracks_runs_and_registers_champions(pipeline_repo):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dgm-digits")
     runs = client.search_runs([experiment.experiment_id], "tags.`dgm.stage` = 'train'")
-    assert sorted(r.data.tags["dgm.model"] for r in runs) == ["gan", "vae"]
+    assert sorted(r.data.tags["dgm.model"] for r in runs) == list(MODELS)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert "eval_fid" in r.data.metrics and r.data.metrics["eval_fid"] > 0
         assert r.data.params["train.epochs"] == "2"
-    for model in ("gan", "vae"):
+    for model in MODELS:
         version = client.get_model_version_by_alias(f"dgm-digits-{model}", "champion")
         assert version.tags["dgm.gating_metric"] == "fid"
 
 
 def test_repro_generates_valid_images(pipeline_repo):
     repo, _, _ = pipeline_repo
-    for model in ("gan", "vae"):
+    for model in MODELS:
         samples = read_images(repo / f"artifacts/samples/digits/{model}.parquet")
         assert samples.images.shape == (300, 8, 8, 1)
         assert samples.images.std() > 10  # not a constant image
@@ -98,20 +99,37 @@ def test_metrics_and_plots_are_declared(pipeline_repo):
     every_metric = {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage",
                     "class_entropy", "class_kl", "mode_kl", "modes_covered", "inception_score",
                     "swd", "swd_pixel", "memorization", "evaluator_test_accuracy"}
-    for model in ("gan", "vae"):
+    for model in MODELS:
         metrics = files[f"artifacts/eval/digits/{model}/metrics.json"]["data"]
         assert every_metric <= set(metrics)
     assert "nll_nats" not in files["artifacts/eval/digits/gan/metrics.json"]["data"]
-    nll = files["artifacts/eval/digits/vae/metrics.json"]["data"]["nll_nats"]
-    assert 0 < nll < 64 * math.log(2)  # better than a constant p = 0.5 per pixel
+    for model in ("vae", "rbm"):
+        nll = files[f"artifacts/eval/digits/{model}/metrics.json"]["data"]["nll_nats"]
+        assert 0 < nll < 64 * math.log(2)  # better than a constant p = 0.5 per pixel
     evaluator = files["artifacts/evaluator/digits/metrics.json"]["data"]
     assert evaluator["test_accuracy"] > 0.8 and evaluator["floor_fid"] >= 0
     assert (repo / "artifacts/evaluator/digits/reference.npz").stat().st_size > 0
-    report = (repo / "artifacts/eval/digits/report.md").read_text()
-    assert "| gan |" in report and "| vae |" in report and "real test (floor)" in report
+    report = (repo / "artifacts/reports/digits.md").read_text()
+    assert all(f"| {m} |" in report for m in MODELS) and "real test (floor)" in report
     run(["dvc", "plots", "show", "-o", "plots"], repo, env)
     html = (repo / "plots" / "index.html").read_text()
-    assert "GAN losses" in html and "VAE losses" in html
+    assert "GAN losses" in html and "VAE losses" in html and "RBM reconstruction" in html
+
+
+def test_stages_follow_the_configured_models(pipeline_repo, tmp_path):
+    """dvc.yaml's foreach is over `models`: a model added to the params gets its stages."""
+    repo, env, _ = pipeline_repo
+    params_file = repo / "configs" / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["models"]["cvae"] = {"family": "vae", "conditional": True, "latent_dim": 4}
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        listed = run(["dvc", "stage", "list", "--names-only"], repo, env).stdout.split()
+    finally:
+        params_file.write_text(original)
+    for stage in ("train", "evaluate", "register", "generate"):
+        assert {f"{stage}@{m}" for m in (*MODELS, "cvae")} <= set(listed)
 
 
 def test_second_repro_runs_nothing(pipeline_repo):

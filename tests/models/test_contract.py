@@ -114,3 +114,31 @@ def test_an_exploding_gradient_stops_before_the_step():
     assert torch.equal(parameters(model), before)
     with pytest.raises(TrainingDiverged, match="became nan"):
         model.optimize("net", model.net.b.sum() * float("nan"))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_validation_step_reports_a_finite_loss_without_updating(family):
+    from dgm.models.base import eval_mode
+
+    model = tiny(family)
+    images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with eval_mode(model):
+        metrics = model.validation_step(images, None)
+    assert "loss" in metrics and all(math.isfinite(v) for v in metrics.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_takes_labels_only_when_conditional(family):
+    model = tiny(family)
+    assert not model.conditional and model.num_classes is None
+    with pytest.raises(DgmError, match="not conditional"):
+        model.sample(2, torch.Generator().manual_seed(0), labels=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_end_epoch_reports_each_optimizers_learning_rate(family):
+    lrs = tiny(family).end_epoch()
+    assert set(lrs) == {"lr_G", "lr_D"} if family == "gan" else set(lrs) == {"lr_net"}
+    assert all(v > 0 for v in lrs.values())

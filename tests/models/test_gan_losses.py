@@ -80,9 +80,9 @@ def test_discriminator_layers_follow_the_loss():
     assert nn.BatchNorm2d not in d_layers(DCGAN(GANConfig(width=4, loss="wgan-gp"), shape))
     hinge = DCGAN(GANConfig(width=4, loss="hinge"), shape)
     assert nn.BatchNorm2d not in d_layers(hinge)
-    assert torch.nn.utils.parametrize.is_parametrized(hinge.D.net[0])
+    assert torch.nn.utils.parametrize.is_parametrized(hinge.D.body[0])
     plain = DCGAN(GANConfig(width=4, loss="hinge", spectral_norm=False), shape)
-    assert not torch.nn.utils.parametrize.is_parametrized(plain.D.net[0])
+    assert not torch.nn.utils.parametrize.is_parametrized(plain.D.body[0])
     assert GANConfig(loss="lsgan", spectral_norm=True).use_spectral_norm
 
 
@@ -91,7 +91,7 @@ def test_spectral_norm_keeps_the_top_singular_value_at_one(digits_batch):
     model = DCGAN(GANConfig(width=4, latent_dim=8, loss="hinge"), (1, 8, 8)).setup()
     for _ in range(30):
         model.train_step(digits_batch, None)
-    weight = model.D.net[-1].weight  # the parametrised (normalised) weight
+    weight = model.D.out.weight  # the parametrised (normalised) weight
     assert torch.linalg.matrix_norm(weight.detach(), ord=2).item() == pytest.approx(1.0, abs=0.05)
 
 

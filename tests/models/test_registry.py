@@ -12,7 +12,7 @@ from dgm.errors import DgmError
 from dgm.models.gan import DCGAN, GANConfig
 from dgm.models.rbm import RBM, RBMConfig
 from dgm.models.registry import FAMILIES, MODEL_CONFIGS, build_model, config_from_dict
-from dgm.models.vae import ConvVAE, VAEConfig
+from dgm.models.vae import VAE, VAEConfig
 
 CONFIGS = {
     "gan": GANConfig(latent_dim=8, width=4, lr_g=1e-3, lr_d=3e-3, beta1=0.4),
@@ -21,7 +21,7 @@ CONFIGS = {
 
 
 def test_families():
-    assert FAMILIES == {"gan": DCGAN, "vae": ConvVAE, "rbm": RBM}
+    assert FAMILIES == {"gan": DCGAN, "vae": VAE, "rbm": RBM}
     assert MODEL_CONFIGS == {"gan": GANConfig, "vae": VAEConfig, "rbm": RBMConfig}
 
 

@@ -13,7 +13,7 @@ from dgm.models.gan import GANConfig
 from dgm.models.generator import sample_uint8, save_generator
 from dgm.models.registry import build_model
 from dgm.tracking.mlflow_runs import flatten, log_generator, start_run
-from dgm.tracking.pyfunc import load_generator_model, request_args
+from dgm.tracking.pyfunc import load_generator_model, request_args, request_label
 from dgm.tracking.registry import CHAMPION, beats, register_generator, resolve_model_uri
 
 
@@ -53,6 +53,30 @@ def test_pyfunc_generator_matches_the_raw_generator(logged_model):
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     request = pd.DataFrame({"num_samples": [3], "seed": [5]})
     np.testing.assert_array_equal(pyfunc.predict(request), sample_uint8(model, 3, seed=5))
+
+
+def test_conditional_pyfunc_draws_the_requested_label(tmp_path, tracking_uri):
+    model = build_model(GANConfig(width=8, latent_dim=4, conditional=True, ema_decay=0.9),
+                        (1, 8, 8), seed=0)
+    path = save_generator(model, tmp_path / "generator.pt")
+    run_id = start_run("dgm-test", "cond", {}, {}, uri=tracking_uri)
+    loaded = load_generator_model(log_generator(run_id, path, (1, 8, 8), tracking_uri))
+    for label in (0, 7):
+        np.testing.assert_array_equal(loaded.predict(5, seed=1, label=label),
+                                      sample_uint8(model, 5, seed=1, labels=[label] * 5))
+    assert not np.array_equal(loaded.predict(5, seed=1, label=0),
+                              loaded.predict(5, seed=1, label=7))
+    # no label: classes drawn by the seed, as sample_uint8 without labels
+    np.testing.assert_array_equal(loaded.predict(5, seed=1), sample_uint8(model, 5, seed=1))
+    with pytest.raises(Exception, match="labels must lie in 0..9"):
+        loaded.predict(2, seed=1, label=10)
+
+
+def test_request_label():
+    assert request_label(None, None) is None
+    assert request_label(None, {"label": -1}) is None
+    assert request_label({"label": [3]}, {"label": -1}) == 3
+    assert request_label(pd.DataFrame({"num_samples": [2], "label": [4]}), None) == 4
 
 
 def test_request_args_validation():

@@ -139,3 +139,36 @@ def test_wgan_gp_trains_under_ddp(ray_session, project, tracking_uri):
     train(params, "gan", root=project)
     rows = list(csv.DictReader(open(Layout(project, "digits").model_dir("gan") / "history.csv")))
     assert len(rows) == 1 and float(rows[0]["gradient_penalty"]) >= 0
+
+
+def test_conditional_gan_with_schedule_and_early_stopping_under_ddp(ray_session, project):
+    """Two DDP workers: validation metrics averaged over the ranks (they agree, or the
+    barrier would hang), the cosine schedule per epoch, early stopping by patience."""
+    params = Params.model_validate({
+        "models": {"cgan": {"family": "gan", "width": 8, "latent_dim": 8, "conditional": True,
+                            "ema_decay": 0.9, "dropout": 0.2}},
+        "train": {"epochs": 6, "batch_size": 128, "num_workers": 2, "cpus_per_worker": 0.5,
+                  "sample_every": 10,
+                  "lr_schedule": {"kind": "cosine", "min_lr_factor": 0.0},
+                  # val_d_real (D's mean output on real val images) can't keep rising for
+                  # long under mode max with a huge min_delta: stops after 2 stalled epochs
+                  "early_stopping": {"metric": "val_d_real", "mode": "max", "patience": 2,
+                                     "min_delta": 10.0}},
+    })
+    train(params, "cgan", root=project)
+    out = Layout(project, "digits").model_dir("cgan")
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]  # best at 1, then 2 without gain
+    lr0 = 2e-4
+    for r in rows:
+        e = int(r["epoch"])
+        expected = lr0 * (1 + torch.cos(torch.tensor(torch.pi * (e - 1) / 6)).item()) / 2
+        assert float(r["lr_G"]) == pytest.approx(expected, rel=1e-6)
+        assert float(r["lr_D"]) == pytest.approx(expected, rel=1e-6)
+        assert 0 < float(r["val_d_real"]) < 1 and float(r["val_loss"]) > 0
+    model = load_generator(out / "generator.pt")
+    assert model.conditional and model.G_ema is not None
+    labels = torch.arange(10)
+    a = model.sample(10, torch.Generator().manual_seed(0), labels=labels)
+    b = model.sample(10, torch.Generator().manual_seed(0), labels=labels.flip(0))
+    assert a.shape == (10, 1, 8, 8) and not torch.equal(a, b)

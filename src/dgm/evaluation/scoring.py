@@ -183,6 +183,12 @@ class Evaluator:
         """Features, posteriors and a pixel subsample of uint8 (N, H, W, C) images."""
         return feature_set(self.classifier, images, self.feature_scale)
 
+    def label_accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Share of ``images`` the classifier assigns to the requested ``labels`` (how well
+        a conditional model obeys its class input)."""
+        probs = self.featurize(check_images(images, self.meta, "samples")).probs
+        return float(np.mean(probs.argmax(1) == np.asarray(labels)))
+
     def score(self, images: np.ndarray, metrics: list[str] | None = None,
               options: MetricOptions | None = None) -> ScoreResult:
         """Metrics of ``images`` against the real train split."""

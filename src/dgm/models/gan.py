@@ -5,6 +5,13 @@ squares, Mao et al. 2017), ``wgan-gp`` (Wasserstein critic with gradient penalty
 et al. 2017: ``gp_weight`` λ, ``n_critic`` critic steps per generator step, no BatchNorm in
 the critic) and ``hinge`` (with spectral normalisation of the discriminator, Miyato et al.
 2018). ``lr_g`` ≠ ``lr_d`` gives the two time-scale update rule (TTUR).
+
+``conditional``: class-conditional G (one-hot label beside z) and a projection discriminator
+(Miyato & Koyama 2018). InfoGAN (Chen et al. 2016): ``info_categorical`` K-way and
+``info_continuous`` uniform codes feed G, a Q head on D's features predicts them, and
+``info_weight`` × the mutual-information loss joins both players' losses. ``ema_decay``
+keeps an exponential moving average of G's weights, which sampling (and so evaluation and
+registration) uses.
 """
 
 from __future__ import annotations
@@ -17,18 +24,20 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dgm.models.base import (
+    ConditionalConfigBase,
     GenerativeModel,
     ImageShape,
-    ModelConfigBase,
     eval_mode,
+    one_hot,
     require_divisible_by_4,
     unwrap,
 )
 
 
-class GANConfig(ModelConfigBase):
+class GANConfig(ConditionalConfigBase):
     family: Literal["gan"] = "gan"
     latent_dim: int = Field(32, gt=0)
     width: int = Field(64, gt=0)
@@ -41,6 +50,22 @@ class GANConfig(ModelConfigBase):
     n_critic: int = Field(1, gt=0, description="discriminator steps per generator step")
     spectral_norm: bool | None = Field(
         None, description="spectral norm in D (default: on for hinge, off otherwise)")
+    info_categorical: int = Field(0, ge=0, description="InfoGAN: categories of the code (0: none)")
+    info_continuous: int = Field(0, ge=0, description="InfoGAN: continuous U(-1, 1) codes")
+    info_weight: float = Field(1.0, ge=0, description="InfoGAN: λ of the mutual-information loss")
+    ema_decay: float | None = Field(None, gt=0, lt=1,
+                                    description="EMA of G's weights for sampling (null: off)")
+
+    @property
+    def code_dim(self) -> int:
+        """Inputs of G beside z: the one-hot class and the InfoGAN codes."""
+        return ((self.num_classes if self.conditional else 0) + self.info_categorical
+                + self.info_continuous)
+
+    @property
+    def q_dim(self) -> int:
+        """Outputs of the InfoGAN Q head: category logits and continuous-code means."""
+        return self.info_categorical + self.info_continuous
 
     @property
     def use_spectral_norm(self) -> bool:
@@ -80,26 +105,47 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """Two stride-2 convolutions (BatchNorm optional) with LeakyReLU, then a linear logit;
-    every layer spectrally normalised when ``sn``."""
+    every layer spectrally normalised when ``sn``. ``num_classes`` adds a class projection
+    (⟨embed(y), h⟩) to the logit; ``q_dim`` adds the InfoGAN Q head on the same features.
+
+    ``forward`` returns (N,) logits, or (N, 1 + q_dim) — the logit, then Q's outputs.
+    """
 
     def __init__(self, width: int, image_shape: ImageShape, batchnorm: bool = True,
-                 sn: bool = False):
+                 sn: bool = False, dropout: float = 0.0, num_classes: int = 0, q_dim: int = 0):
         super().__init__()
         channels = image_shape[0]
         bh, bw = require_divisible_by_4(image_shape)
         wrap = spectral_norm if sn else (lambda layer: layer)
-        self.net = nn.Sequential(
+        drop = (lambda: nn.Dropout(dropout)) if dropout else nn.Identity
+        features = 2 * width * bh * bw
+        self.body = nn.Sequential(
             wrap(nn.Conv2d(channels, width, 4, 2, 1)),
             nn.LeakyReLU(0.2, True),
+            drop(),
             wrap(nn.Conv2d(width, 2 * width, 4, 2, 1, bias=not batchnorm)),
             nn.BatchNorm2d(2 * width) if batchnorm else nn.Identity(),
             nn.LeakyReLU(0.2, True),
+            drop(),
             nn.Flatten(),
-            wrap(nn.Linear(2 * width * bh * bw, 1)),
         )
+        self.out = wrap(nn.Linear(features, 1))
+        self.embed = None
+        if num_classes:  # small initial projection: training starts near unconditional
+            embed = nn.Embedding(num_classes, features)
+            nn.init.normal_(embed.weight, std=0.02)
+            self.embed = wrap(embed)
+        self.q = nn.Sequential(nn.Linear(features, 128), nn.LeakyReLU(0.2, True),
+                               nn.Linear(128, q_dim)) if q_dim else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x)
+        logit = self.out(h).squeeze(1)
+        if self.embed is not None:
+            logit = logit + (self.embed(labels) * h).sum(1)
+        if self.q is None:
+            return logit
+        return torch.cat([logit[:, None], self.q(h)], dim=1)
 
 
 # Losses by name: (discriminator loss of (d_real, d_fake), generator loss of d_fake).
@@ -113,6 +159,23 @@ LOSSES: dict[str, GanLoss] = {
     "wgan-gp": (lambda r, f: f.mean() - r.mean(), lambda f: -f.mean()),
     "hinge": (lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(), lambda f: -f.mean()),
 }
+
+
+def info_loss(q_out: torch.Tensor, categories: torch.Tensor | None,
+              continuous: torch.Tensor | None) -> torch.Tensor:
+    """InfoGAN's variational mutual-information loss: the cross-entropy of the categorical
+    code plus the unit-variance Gaussian negative log-likelihood of the continuous codes
+    (without its constant), per example then averaged. ``q_out`` holds the category logits,
+    then the continuous means."""
+    num_categories = 0 if categories is None else q_out.shape[1] - (
+        0 if continuous is None else continuous.shape[1])
+    loss = q_out.new_zeros(())
+    if categories is not None:
+        loss = loss + F.cross_entropy(q_out[:, :num_categories], categories)
+    if continuous is not None:
+        means = q_out[:, num_categories:]
+        loss = loss + 0.5 * (means - continuous).pow(2).sum(1).mean()
+    return loss
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -136,51 +199,138 @@ class DCGAN(GenerativeModel):
 
     def __init__(self, config: GANConfig, image_shape: ImageShape):
         super().__init__(config, image_shape)
-        self.G = Generator(config.latent_dim, config.width, image_shape)
+        self.G = Generator(config.latent_dim + config.code_dim, config.width, image_shape)
         self.D = Discriminator(config.width, image_shape, batchnorm=config.use_batchnorm_in_d,
-                               sn=config.use_spectral_norm)
+                               sn=config.use_spectral_norm, dropout=config.dropout,
+                               num_classes=config.num_classes if config.conditional else 0,
+                               q_dim=config.q_dim)
+        self.G_ema = self._new_ema() if config.ema_decay else None
+
+    def _new_ema(self) -> AveragedModel:
+        return AveragedModel(unwrap(self.G), use_buffers=True,
+                             multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay))
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg: GANConfig = self.config
         betas = (cfg.beta1, cfg.beta2)
         return {
-            "G": torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas),
-            "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas),
+            "G": torch.optim.AdamW(self.G.parameters(), lr=cfg.lr_g, betas=betas,
+                                   weight_decay=cfg.weight_decay),
+            "D": torch.optim.AdamW(self.D.parameters(), lr=cfg.lr_d, betas=betas,
+                                   weight_decay=cfg.weight_decay),
         }
 
+    # --- inputs of G ---------------------------------------------------------------------
+    def generator_input(self, num: int, labels: torch.Tensor | None,
+                        generator: torch.Generator | None = None):
+        """(G's input: z, then one-hot class and InfoGAN codes; categorical code; continuous
+        codes), drawn on the CPU when ``generator`` is given (device-independent samples)."""
+        cfg: GANConfig = self.config
+
+        def draw(fn, *shape_args, **kw):
+            if generator is None:
+                return fn(*shape_args, device=self.device, **kw)
+            return fn(*shape_args, generator=generator, **kw).to(self.device)
+
+        parts = [draw(torch.randn, num, cfg.latent_dim)]
+        if labels is not None:
+            parts.append(one_hot(labels, cfg.num_classes))
+        categories = continuous = None
+        if cfg.info_categorical:
+            categories = draw(torch.randint, cfg.info_categorical, (num,))
+            parts.append(one_hot(categories, cfg.info_categorical))
+        if cfg.info_continuous:
+            continuous = draw(torch.rand, num, cfg.info_continuous) * 2 - 1
+            parts.append(continuous)
+        return torch.cat(parts, dim=1), categories, continuous
+
+    def split_d(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's output → (logits, Q outputs or None)."""
+        return (out[:, 0], out[:, 1:]) if self.config.q_dim else (out, None)
+
+    # --- training ------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         cfg: GANConfig = self.config
         d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
+        labels = self.training_labels(labels)
         real = images * 2 - 1
+        n = real.shape[0]
         for _ in range(cfg.n_critic):  # the same real batch, fresh latents each critic step
-            z = torch.randn(real.shape[0], cfg.latent_dim, device=real.device)
+            z, categories, continuous = self.generator_input(n, labels)
             fake = self.G(z)
-            d_real = self.D(real)
-            d_fake = self.D(fake.detach())
+            d_real, _ = self.split_d(self.D(real, labels))
+            d_fake, q_fake = self.split_d(self.D(fake.detach(), labels))
             loss_d = d_loss_fn(d_real, d_fake)
-            penalty = None
+            penalty = mutual_info = None
             if cfg.loss == "wgan-gp":
-                penalty = gradient_penalty(self.D, real, fake.detach())
+                penalty = gradient_penalty(lambda x: self.split_d(self.D(x, labels))[0],
+                                           real, fake.detach())
                 loss_d = loss_d + cfg.gp_weight * penalty
+            if q_fake is not None:
+                mutual_info = info_loss(q_fake, categories, continuous)
+                loss_d = loss_d + cfg.info_weight * mutual_info
             self.optimize("D", loss_d)
 
-        loss_g = g_loss_fn(self.D(fake))
+        d_gen, q_gen = self.split_d(self.D(fake, labels))
+        loss_g = g_loss_fn(d_gen)
+        if q_gen is not None:
+            mutual_info = info_loss(q_gen, categories, continuous)
+            loss_g = loss_g + cfg.info_weight * mutual_info
         self.optimize("G", loss_g)
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(unwrap(self.G))
         # D's outputs: probabilities for the classic loss, raw scores for the others
         shown = torch.sigmoid if cfg.loss == "nonsaturating" else torch.as_tensor
         metrics = {
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
-            "d_real": shown(d_real).mean().item(),
-            "d_fake": shown(d_fake).mean().item(),
+            "d_real": shown(d_real.float()).mean().item(),
+            "d_fake": shown(d_fake.float()).mean().item(),
         }
         if penalty is not None:
             metrics["gradient_penalty"] = penalty.item()
+        if mutual_info is not None:
+            metrics["info_loss"] = mutual_info.item()
         return metrics
 
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        g = unwrap(self.G)
+    def validation_step(self, images: torch.Tensor,
+                        labels: torch.Tensor | None) -> dict[str, float]:
+        """D's loss on held-out real images against fresh fakes (``loss``; a rising value
+        while the training ``loss_d`` falls means D memorises the training set)."""
+        cfg: GANConfig = self.config
+        d_loss_fn, _ = LOSSES[cfg.loss]
+        labels = self.training_labels(labels)
+        real = images * 2 - 1
+        z, _, _ = self.generator_input(real.shape[0], labels)
+        d_real, _ = self.split_d(self.D(real, labels))
+        d_fake, _ = self.split_d(self.D(self.G(z), labels))
+        shown = torch.sigmoid if cfg.loss == "nonsaturating" else torch.as_tensor
+        return {"loss": d_loss_fn(d_real, d_fake).item(),
+                "d_real": shown(d_real.float()).mean().item()}
+
+    # --- sampling and state --------------------------------------------------------------
+    def sampling_generator(self) -> nn.Module:
+        """The network that draws samples: G's EMA when kept, else G."""
+        return self.G_ema.module if self.G_ema is not None else unwrap(self.G)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        g = self.sampling_generator()
         with eval_mode(g):
-            z = self.latents(num_samples, self.config.latent_dim, generator)
-            return ((g(z) + 1) / 2).clamp_(0, 1).cpu()
+            labels = self.sample_labels(num_samples, generator, labels)
+            z, _, _ = self.generator_input(num_samples, labels, generator)
+            return ((g(z) + 1) / 2).clamp_(0, 1).float().cpu()
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        weights = super().weights()
+        if self.G_ema is not None:
+            weights["G_ema"] = {k: v.detach().cpu().clone()
+                               for k, v in self.G_ema.state_dict().items()}
+        return weights
+
+    def load_weights(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        super().load_weights(weights)
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(weights["G_ema"])

@@ -53,7 +53,16 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def sample_uint8(model: GenerativeModel, num_samples: int, seed: int) -> np.ndarray:
-    """``num_samples`` uint8 (N, H, W, C) images, a deterministic function of ``seed``."""
+def sample_uint8(model: GenerativeModel, num_samples: int, seed: int,
+                 labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """``num_samples`` uint8 (N, H, W, C) images, a deterministic function of ``seed`` (and
+    of ``labels``, the classes a conditional model draws)."""
     generator = torch.Generator().manual_seed(seed)
-    return to_uint8_images(model.sample(num_samples, generator=generator))
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels))
+    return to_uint8_images(model.sample(num_samples, generator=generator, labels=labels))
+
+
+def balanced_labels(model: GenerativeModel, num_samples: int) -> np.ndarray | None:
+    """Classes 0, 1, …, C−1, 0, 1, … for a conditional model (None when unconditional)."""
+    return None if not model.conditional else np.arange(num_samples) % model.num_classes

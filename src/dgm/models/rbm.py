@@ -42,21 +42,29 @@ class BernoulliRBM(nn.Module):
         self.b = nn.Parameter(torch.zeros(visible))
         self.c = nn.Parameter(torch.zeros(hidden))
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        """Free energy F(v) = −b·v − Σ_j softplus(c_j + (vW)_j), one value per row."""
-        return -(v @ self.b) - F.softplus(v @ self.W + self.c).sum(-1)
+    def forward(self, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Free energy F(v) = −b·v − Σ_j softplus(c_j + (vW)_j), one value per row; a 0/1
+        hidden ``mask`` (per row) drops hidden units (dropout RBM)."""
+        hidden = F.softplus(v @ self.W + self.c)
+        if mask is not None:
+            hidden = hidden * mask
+        return -(v @ self.b) - hidden.sum(-1)
 
-    def hidden_probs(self, v: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-        return torch.sigmoid(beta * (v @ self.W + self.c))
+    def hidden_probs(self, v: torch.Tensor, beta: float = 1.0,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        probs = torch.sigmoid(beta * (v @ self.W + self.c))
+        return probs if mask is None else probs * mask
 
     def visible_logits(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.W.t() + self.b
 
-    def gibbs(self, v: torch.Tensor, steps: int, generator: torch.Generator | None = None):
-        """``steps`` rounds of v → h → v; returns (last binary v, its visible probabilities)."""
+    def gibbs(self, v: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+              mask: torch.Tensor | None = None):
+        """``steps`` rounds of v → h → v (hidden units off where ``mask`` is 0); returns
+        (last binary v, its visible probabilities)."""
         probs = v
         for _ in range(steps):
-            h = bernoulli(self.hidden_probs(v), generator)
+            h = bernoulli(self.hidden_probs(v, mask=mask), generator)
             probs = torch.sigmoid(self.visible_logits(h))
             v = bernoulli(probs, generator)
         return v, probs
@@ -125,6 +133,7 @@ class RBM(GenerativeModel):
     config_class = RBMConfig
     networks = ("net",)
     ddp_kwargs = {"net": {"broadcast_buffers": False}}  # each worker keeps its PCD chains
+    supports_autocast = False  # CD's gradient is a small difference of large free energies
 
     def __init__(self, config: RBMConfig, image_shape: ImageShape):
         super().__init__(config, image_shape)
@@ -152,10 +161,15 @@ class RBM(GenerativeModel):
             rbm.pixel_sum += images.flatten(1).sum(0)
             rbm.pixel_count += len(images)
             start = rbm.chains if self.config.persistent else v_data
-            v_model, _ = rbm.gibbs(start, self.config.cd_k)
+            # CD: each chain starts at a training case and keeps that case's thinned RBM;
+            # PCD: the persistent chains draw their own masks
+            data_mask = self.dropout_mask(len(v_data))
+            model_mask = self.dropout_mask(len(start)) if self.config.persistent else data_mask
+            mask = None if data_mask is None else torch.cat([data_mask, model_mask])
+            v_model, _ = rbm.gibbs(start, self.config.cd_k, mask=model_mask)
             if self.config.persistent:
                 rbm.chains.copy_(v_model)
-        free = self.net(torch.cat([v_data, v_model]))
+        free = self.net(torch.cat([v_data, v_model]), mask)
         loss = free[: len(v_data)].mean() - free[len(v_data):].mean()
         self.optimize("net", loss)
         self._log_z = None
@@ -164,8 +178,30 @@ class RBM(GenerativeModel):
             recon_error = F.binary_cross_entropy(recon, v_data, reduction="none").sum(1).mean()
         return {"cd_loss": loss.item(), "recon_bce": recon_error.item()}
 
+    def dropout_mask(self, rows: int) -> torch.Tensor | None:
+        """A 0/1 hidden-unit mask per row (keep probability 1 − ``dropout``), or None.
+        Dropout applies to training updates only; the full RBM generates and is scored."""
+        if not self.config.dropout:
+            return None
+        rbm = unwrap(self.net)
+        keep = torch.full((rows, rbm.c.numel()), 1 - self.config.dropout, device=rbm.W.device)
+        return torch.bernoulli(keep)
+
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def validation_step(self, images: torch.Tensor,
+                        labels: torch.Tensor | None) -> dict[str, float]:
+        """Reconstruction cross-entropy of binarized held-out images (``loss``) and their
+        mean free energy (its gap to the training data's signals overfitting)."""
+        rbm = unwrap(self.net)
+        v = bernoulli(images.flatten(1))
+        recon = torch.sigmoid(rbm.visible_logits(rbm.hidden_probs(v)))
+        bce = F.binary_cross_entropy(recon, v, reduction="none").sum(1).mean()
+        return {"loss": bce.item(), "free_energy": rbm(v).mean().item()}
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        self.sample_labels(num_samples, generator, labels)  # unconditional: no labels
         rbm = unwrap(self.net)
         start = bernoulli(torch.full((num_samples, rbm.b.numel()), 0.5), generator)
         _, probs = rbm.gibbs(start.to(rbm.W.device), self.config.gibbs_steps, generator)

@@ -11,9 +11,9 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, ImageShape, ModelConfigBase
 from dgm.models.gan import DCGAN
 from dgm.models.rbm import RBM
-from dgm.models.vae import ConvVAE
+from dgm.models.vae import VAE
 
-FAMILIES: dict[str, type[GenerativeModel]] = {cls.family: cls for cls in (DCGAN, ConvVAE, RBM)}
+FAMILIES: dict[str, type[GenerativeModel]] = {cls.family: cls for cls in (DCGAN, VAE, RBM)}
 MODEL_CONFIGS: dict[str, type[ModelConfigBase]] = {
     name: cls.config_class for name, cls in FAMILIES.items()
 }

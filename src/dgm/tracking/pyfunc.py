@@ -22,13 +22,16 @@ def pyfunc_source() -> str:
 
 
 def generator_signature(image_shape) -> ModelSignature:
-    """Inputs: ``num_samples`` and ``seed`` (columns or params); output: (N, H, W, C) uint8."""
+    """Inputs: ``num_samples``, ``seed`` and, for conditional models, ``label`` (columns or
+    params; label −1: classes drawn uniformly); output: (N, H, W, C) uint8."""
     channels, height, width = image_shape
     return ModelSignature(
         inputs=Schema([ColSpec("long", "num_samples", required=False),
-                       ColSpec("long", "seed", required=False)]),
+                       ColSpec("long", "seed", required=False),
+                       ColSpec("long", "label", required=False)]),
         outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, height, width, channels))]),
-        params=ParamSchema([ParamSpec("num_samples", "long", 64), ParamSpec("seed", "long", 0)]),
+        params=ParamSchema([ParamSpec("num_samples", "long", 64), ParamSpec("seed", "long", 0),
+                            ParamSpec("label", "long", -1)]),
     )
 
 
@@ -39,13 +42,13 @@ def generator_input_example():
     return pd.DataFrame({"num_samples": [4], "seed": [0]}, dtype="int64")
 
 
-def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
-    """``(num_samples, seed)``: params (MLflow fills in their defaults), then input columns.
+def _request_values(model_input: Any, params: dict | None, defaults: dict) -> dict:
+    """Request values: params (MLflow fills in their defaults), then input columns.
 
     Values in the first input row win, because MLflow passes the declared param defaults
     even when a request gives none.
     """
-    args = {"num_samples": 64, "seed": 0}
+    args = dict(defaults)
     if params:
         args.update({k: params[k] for k in args if params.get(k) is not None})
     if model_input is not None:
@@ -58,10 +61,24 @@ def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
         else:
             row = {}
         args.update({k: row[k] for k in args if k in row and row[k] is not None})
+    return args
+
+
+def request_args(model_input: Any, params: dict | None) -> tuple[int, int]:
+    """``(num_samples, seed)`` of a request (see :func:`_request_values`)."""
+    args = _request_values(model_input, params, {"num_samples": 64, "seed": 0})
     num_samples, seed = int(args["num_samples"]), int(args["seed"])
     if not 0 < num_samples <= MAX_SAMPLES_PER_REQUEST:
         raise ValueError(f"num_samples must be in 1..{MAX_SAMPLES_PER_REQUEST}, got {num_samples}")
     return num_samples, seed
+
+
+def request_label(model_input: Any, params: dict | None) -> int | None:
+    """The class a request asks a conditional model for (None: −1 or not given)."""
+    label = _request_values(model_input, params, {"label": -1})["label"]
+    if label is None or (isinstance(label, float) and np.isnan(label)) or int(label) == -1:
+        return None
+    return int(label)
 
 
 class LoadedGenerator:
@@ -76,11 +93,13 @@ class LoadedGenerator:
         self.image_shape = tuple(generator.image_shape)
         self.extra = dict(getattr(generator, "extra", {}) or {})
 
-    def predict(self, num_samples: int, seed: int) -> np.ndarray:
+    def predict(self, num_samples: int, seed: int, label: int | None = None) -> np.ndarray:
         import pandas as pd
 
-        request = pd.DataFrame({"num_samples": [num_samples], "seed": [seed]}, dtype="int64")
-        return self._pyfunc.predict(request)
+        row = {"num_samples": [num_samples], "seed": [seed]}
+        if label is not None:
+            row["label"] = [label]
+        return self._pyfunc.predict(pd.DataFrame(row, dtype="int64"))
 
 
 def load_generator_model(model_uri: str) -> LoadedGenerator:

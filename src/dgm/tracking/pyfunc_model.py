@@ -21,10 +21,12 @@ class GeneratorModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         from dgm.models.generator import sample_uint8
-        from dgm.tracking.pyfunc import request_args
+        from dgm.tracking.pyfunc import request_args, request_label
 
         num_samples, seed = request_args(model_input, params)
-        return sample_uint8(self.generator, num_samples, seed)
+        label = request_label(model_input, params)
+        return sample_uint8(self.generator, num_samples, seed,
+                            None if label is None else [label])
 
 
 mlflow.models.set_model(GeneratorModel())

@@ -85,7 +85,7 @@ def train_worker(job: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(config_from_dict(job["model"]), tuple(job["image_shape"]))
     model.setup(wrap=lambda net, kwargs: ray.train.torch.prepare_model(
-        net, parallel_strategy_kwargs=kwargs or None))
+        net, parallel_strategy_kwargs=kwargs or None), schedule=cfg.lr_schedule, epochs=cfg.epochs)
     torch.manual_seed(cfg.seed * 1000 + rank)  # distinct noise per rank
 
     start_epoch, start_step, history = 0, 0, []
@@ -101,6 +101,11 @@ def train_worker(job: dict[str, Any]) -> None:
     per_worker = max(1, cfg.batch_size // world)
     loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)
+    val_loader = None
+    if (Path(job["dataset_dir"]) / "val").is_dir():
+        val = load_split_tensors(job["dataset_dir"], "val")
+        val_loader = ray.train.torch.prepare_data_loader(
+            DataLoader(val, batch_size=max(per_worker, 256), shuffle=False))
 
     logger = None
     if rank == 0 and job.get("run_id"):
@@ -128,7 +133,9 @@ def train_worker(job: dict[str, Any]) -> None:
     try:
         train_epochs(model, loader, epochs=cfg.epochs, start_epoch=start_epoch,
                      max_steps=cfg.max_steps, start_step=start_step,
-                     on_epoch_end=on_epoch_end, log=log)
+                     on_epoch_end=on_epoch_end, log=log, val_loader=val_loader,
+                     early_stopping=cfg.early_stopping, precision=cfg.precision,
+                     previous=list(history))
     except Exception as exc:
         if logger is not None:
             logger.set_tags({"dgm.failure_reason": str(exc)})
