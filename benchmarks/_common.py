@@ -99,19 +99,29 @@ def train_for_budget(model, loader, minutes: float, on_epoch=None, log_every: in
 
 def score_samples(model, dataset: str, cache: Path, num_samples: int, keys, suffix: str = ""):
     """``keys`` metrics of ``num_samples`` samples under the pipeline's evaluator of
-    ``dataset``, as figures named ``<key><suffix>``."""
+    ``dataset``, as figures named ``<key><suffix>``; a conditional model is asked for every
+    class alike and also gets ``label_accuracy``."""
+    from dgm.models.generator import balanced_labels
+
     judge, _ = evaluator(dataset, cache)
-    scored = judge.score(sample_images(model, num_samples, seed=0), list(keys)).metrics
+    labels = balanced_labels(model, num_samples)
+    images = sample_images(model, num_samples, seed=0, labels=labels)
+    scored = judge.score(images, list(keys)).metrics
+    if labels is not None:
+        scored["label_accuracy"] = judge.label_accuracy(images, labels)
     return {f"{k}{suffix}": round(float(v), 4) for k, v in scored.items()}
 
 
-def sample_images(model, num_samples: int, seed: int = 0, batch_size: int = 1000):
-    """uint8 (N, H, W, C) samples of a dgm model, drawn in seeded batches."""
+def sample_images(model, num_samples: int, seed: int = 0, batch_size: int = 1000,
+                  labels=None):
+    """uint8 (N, H, W, C) samples of a dgm model, drawn in seeded batches (of ``labels``
+    for a conditional model)."""
     import numpy as np
 
     from dgm.models.generator import batch_seed, sample_uint8
 
     model.eval()
     return np.concatenate([
-        sample_uint8(model, min(batch_size, num_samples - start), batch_seed(seed, i))
+        sample_uint8(model, min(batch_size, num_samples - start), batch_seed(seed, i),
+                     None if labels is None else labels[start : start + batch_size])
         for i, start in enumerate(range(0, num_samples, batch_size))])

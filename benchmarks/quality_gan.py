@@ -1,6 +1,7 @@
 """GAN quality on MNIST and stacked MNIST within a CPU budget: FID, class KL, modes.
 
-Trains a DCGAN (non-saturating loss, generator EMA) through the shared training loop on
+Trains a DCGAN (non-saturating loss, PacGAN packing ``--pack``, generator EMA with its
+BatchNorm statistics recomputed each epoch) through the shared training loop on
 MNIST for ``--budget-minutes`` and on stacked MNIST (1000 modes) for ``--stacked-minutes``,
 then scores ``--samples`` images with the pipeline's evaluator of each dataset (trained once
 with configs/params.yaml and cached). Figures: ``fid``, ``kid``, ``class_kl``,
@@ -25,29 +26,41 @@ KEYS = ("fid", "kid", "class_kl", "modes_covered", "precision", "recall", "mode_
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--budget-minutes", type=float, default=12.0, help="MNIST training")
+    p.add_argument("--budget-minutes", type=float, default=14.0, help="MNIST training")
     p.add_argument("--stacked-minutes", type=float, default=8.0, help="0: skip stacked MNIST")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--loss", default="nonsaturating")
+    p.add_argument("--pack", type=int, default=2, help="PacGAN packing (unconditional runs)")
+    p.add_argument("--lr-d", type=float, default=2e-4)
+    p.add_argument("--lr-g", type=float, default=2e-4)
+    p.add_argument("--conditional-minutes", type=float, default=0.0,
+                   help="also a class-conditional GAN on MNIST (figures cgan_*; 0: skip)")
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dgm-bench")
     args = p.parse_args()
     if mirror() is None:
         raise SystemExit("quality_gan: MNIST not found; set DGM_DATA_DIR to the IDX mirror")
-    figures: dict = {"budget_minutes": args.budget_minutes,
-                     "stacked_minutes": args.stacked_minutes, "samples": args.samples}
-    runs = [("mnist", "", args.budget_minutes)]
+    figures: dict = {"budget_minutes": args.budget_minutes, "loss": args.loss,
+                     "pack": args.pack, "stacked_minutes": args.stacked_minutes,
+                     "samples": args.samples}
+    unconditional = {"loss": args.loss, "pack": args.pack}
+    runs = [("mnist", "", args.budget_minutes, unconditional)]
+    if args.conditional_minutes > 0:
+        runs.append(("mnist", "cgan_", args.conditional_minutes,
+                     {"loss": args.loss, "conditional": True}))
     if args.stacked_minutes > 0:
-        runs.append(("stacked-mnist", "stacked_", args.stacked_minutes))
-    for dataset, prefix, minutes in runs:
+        runs.append(("stacked-mnist", "stacked_", args.stacked_minutes, unconditional))
+    for dataset, prefix, minutes, variant in runs:
         _, data_dir = evaluator(dataset, args.cache)
         data = load_split_tensors(data_dir, "train")
         shape = tuple(data.tensors[0].shape[1:])
         torch.manual_seed(0)
         model = DCGAN(GANConfig(width=args.width, latent_dim=args.latent_dim,
-                                ema_decay=args.ema_decay), shape).setup()
+                                ema_decay=args.ema_decay, lr_d=args.lr_d, lr_g=args.lr_g,
+                                **variant), shape).setup()
         loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
         _, epochs, steps, wall = train_for_budget(model, loader, minutes, log_every=1)
         scores = score_samples(model, dataset, args.cache, args.samples, KEYS)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from dgm.data.loading import load_split_tensors
 from dgm.errors import DgmError
@@ -406,3 +407,50 @@ def test_weight_decay_reaches_the_adamw_optimizers(decay):
     for opt in model.optimizers.values():
         assert isinstance(opt, torch.optim.AdamW)
         assert [g["weight_decay"] for g in opt.param_groups] == [decay] * len(opt.param_groups)
+
+
+# --- PacGAN packing ------------------------------------------------------------------------
+def test_packing_stacks_groups_of_samples_along_the_channels():
+    model = DCGAN(GANConfig(width=4, latent_dim=4, pack=3), (1, 8, 8)).setup()
+    assert model.D.body[0].in_channels == 3
+    images = torch.arange(7 * 64, dtype=torch.float32).view(7, 1, 8, 8)
+    packed = model.packed(images)
+    assert packed.shape == (2, 3, 8, 8)  # the 7th image does not fill a group
+    assert torch.equal(packed[1, 2], images[5, 0]) and torch.equal(packed[0, 1], images[1, 0])
+    d_out, q = model.judge(images, None)
+    assert d_out.shape == (2,) and q is None
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp"])
+def test_packed_gan_trains_and_validates(loss, digits_batch):
+    torch.manual_seed(0)
+    model = DCGAN(GANConfig(width=4, latent_dim=4, pack=2, loss=loss), (1, 8, 8)).setup()
+    metrics = model.train_step(digits_batch[:15], None)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert ("gradient_penalty" in metrics) is (loss == "wgan-gp")
+    assert math.isfinite(model.validation_step(digits_batch, None)["loss"])
+
+
+@pytest.mark.parametrize("extra", [{"conditional": True}, {"info_categorical": 3}])
+def test_packing_is_only_for_unconditional_gans(extra):
+    with pytest.raises(ValidationError, match="PacGAN"):
+        GANConfig(pack=2, **extra)
+
+
+def test_end_epoch_recomputes_the_ema_batchnorm_statistics_for_the_ema_weights(digits_batch):
+    torch.manual_seed(0)
+    model = DCGAN(GANConfig(width=4, latent_dim=4, ema_decay=0.5), (1, 8, 8)).setup()
+    for _ in range(3):
+        model.train_step(digits_batch, None)
+    model.end_epoch()
+    ema = model.G_ema.module
+    generator = torch.Generator().manual_seed(0)  # the refresh's own seeded latents
+    inputs = torch.cat([model.generator_input(128, None, generator)[0] for _ in range(20)])
+    with torch.no_grad():
+        pre_bn = ema.project[0](inputs)
+    torch.testing.assert_close(ema.project[1].running_mean, pre_bn.mean(0), rtol=1e-4,
+                               atol=1e-5)
+    # update_bn averages each batch's (unbiased) variance
+    per_batch_var = pre_bn.view(20, 128, -1).var(1).mean(0)
+    torch.testing.assert_close(ema.project[1].running_var, per_batch_var, rtol=1e-4, atol=1e-5)
+    assert ema.project[1].momentum == 0.1  # restored after the pass

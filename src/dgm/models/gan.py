@@ -9,7 +9,9 @@ the critic) and ``hinge`` (with spectral normalisation of the discriminator, Miy
 ``conditional``: class-conditional G (one-hot label beside z) and a projection discriminator
 (Miyato & Koyama 2018). InfoGAN (Chen et al. 2016): ``info_categorical`` K-way and
 ``info_continuous`` uniform codes feed G, a Q head on D's features predicts them, and
-``info_weight`` × the mutual-information loss joins both players' losses. ``ema_decay``
+``info_weight`` × the mutual-information loss joins both players' losses. ``pack`` m > 1:
+D sees m samples stacked along the channels (PacGAN, Lin et al. 2018), penalising
+mode collapse. ``ema_decay``
 keeps an exponential moving average of G's weights, which sampling (and so evaluation and
 registration) uses.
 """
@@ -21,10 +23,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from dgm.models.base import (
     ConditionalConfigBase,
@@ -55,6 +57,13 @@ class GANConfig(ConditionalConfigBase):
     info_weight: float = Field(1.0, ge=0, description="InfoGAN: λ of the mutual-information loss")
     ema_decay: float | None = Field(None, gt=0, lt=1,
                                     description="EMA of G's weights for sampling (null: off)")
+    pack: int = Field(1, gt=0, description="PacGAN: D judges this many samples at once")
+
+    @model_validator(mode="after")
+    def _packing_is_unconditional(self) -> GANConfig:
+        if self.pack > 1 and (self.conditional or self.q_dim):
+            raise ValueError("pack > 1 (PacGAN) needs an unconditional GAN without InfoGAN codes")
+        return self
 
     @property
     def code_dim(self) -> int:
@@ -200,7 +209,9 @@ class DCGAN(GenerativeModel):
     def __init__(self, config: GANConfig, image_shape: ImageShape):
         super().__init__(config, image_shape)
         self.G = Generator(config.latent_dim + config.code_dim, config.width, image_shape)
-        self.D = Discriminator(config.width, image_shape, batchnorm=config.use_batchnorm_in_d,
+        channels, height, width = image_shape
+        self.D = Discriminator(config.width, (channels * config.pack, height, width),
+                               batchnorm=config.use_batchnorm_in_d,
                                sn=config.use_spectral_norm, dropout=config.dropout,
                                num_classes=config.num_classes if config.conditional else 0,
                                q_dim=config.q_dim)
@@ -244,9 +255,22 @@ class DCGAN(GenerativeModel):
             parts.append(continuous)
         return torch.cat(parts, dim=1), categories, continuous
 
+    def packed(self, images: torch.Tensor) -> torch.Tensor:
+        """PacGAN: groups of ``pack`` images stacked along the channels (a remainder of the
+        batch that does not fill a group is left out)."""
+        m = self.config.pack
+        if m == 1:
+            return images
+        n, c, h, w = images.shape
+        return images[: n - n % m].reshape(n // m, m * c, h, w)
+
     def split_d(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D's output → (logits, Q outputs or None)."""
         return (out[:, 0], out[:, 1:]) if self.config.q_dim else (out, None)
+
+    def judge(self, images: torch.Tensor, labels: torch.Tensor | None):
+        """D's (logits, Q outputs) of a batch, packed for PacGAN."""
+        return self.split_d(self.D(self.packed(images), labels))
 
     # --- training ------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
@@ -258,20 +282,20 @@ class DCGAN(GenerativeModel):
         for _ in range(cfg.n_critic):  # the same real batch, fresh latents each critic step
             z, categories, continuous = self.generator_input(n, labels)
             fake = self.G(z)
-            d_real, _ = self.split_d(self.D(real, labels))
-            d_fake, q_fake = self.split_d(self.D(fake.detach(), labels))
+            d_real, _ = self.judge(real, labels)
+            d_fake, q_fake = self.judge(fake.detach(), labels)
             loss_d = d_loss_fn(d_real, d_fake)
             penalty = mutual_info = None
             if cfg.loss == "wgan-gp":
                 penalty = gradient_penalty(lambda x: self.split_d(self.D(x, labels))[0],
-                                           real, fake.detach())
+                                           self.packed(real), self.packed(fake.detach()))
                 loss_d = loss_d + cfg.gp_weight * penalty
             if q_fake is not None:
                 mutual_info = info_loss(q_fake, categories, continuous)
                 loss_d = loss_d + cfg.info_weight * mutual_info
             self.optimize("D", loss_d)
 
-        d_gen, q_gen = self.split_d(self.D(fake, labels))
+        d_gen, q_gen = self.judge(fake, labels)
         loss_g = g_loss_fn(d_gen)
         if q_gen is not None:
             mutual_info = info_loss(q_gen, categories, continuous)
@@ -303,11 +327,28 @@ class DCGAN(GenerativeModel):
         labels = self.training_labels(labels)
         real = images * 2 - 1
         z, _, _ = self.generator_input(real.shape[0], labels)
-        d_real, _ = self.split_d(self.D(real, labels))
-        d_fake, _ = self.split_d(self.D(self.G(z), labels))
+        d_real, _ = self.judge(real, labels)
+        d_fake, _ = self.judge(self.G(z), labels)
         shown = torch.sigmoid if cfg.loss == "nonsaturating" else torch.as_tensor
         return {"loss": d_loss_fn(d_real, d_fake).item(),
                 "d_real": shown(d_real.float()).mean().item()}
+
+    def end_epoch(self) -> dict[str, float]:
+        used = super().end_epoch()
+        if self.G_ema is not None:
+            self.refresh_ema_batchnorm()
+        return used
+
+    @torch.no_grad()
+    def refresh_ema_batchnorm(self, batches: int = 20, batch_size: int = 128) -> None:
+        """Recompute the EMA generator's BatchNorm statistics for its own weights (averaged
+        running statistics of G do not belong to averaged weights), with torch's
+        ``update_bn`` over seeded latents — the same on every DDP rank."""
+        generator = torch.Generator().manual_seed(0)
+        inputs = [self.generator_input(batch_size,
+                                       self.sample_labels(batch_size, generator, None),
+                                       generator)[0] for _ in range(batches)]
+        update_bn(inputs, self.G_ema)
 
     # --- sampling and state --------------------------------------------------------------
     def sampling_generator(self) -> nn.Module:
