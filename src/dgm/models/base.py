@@ -68,6 +68,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, e
     return None
 
 
+def bernoulli(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Binary samples of ``probs``, drawn on the CPU when a CPU generator is given."""
+    if generator is not None and probs.device.type != generator.device.type:
+        noise = torch.rand(probs.shape, generator=generator).to(probs.device)
+    else:
+        noise = torch.rand(probs.shape, generator=generator, device=probs.device)
+    return (noise < probs).to(probs.dtype)
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Float one-hot rows of integer ``labels``."""
     return F.one_hot(labels.long(), num_classes).float()

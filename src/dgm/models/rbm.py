@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dgm.models.base import GenerativeModel, ImageShape, ModelConfigBase, unwrap
+from dgm.models.base import (
+    GenerativeModel,
+    ImageShape,
+    ModelConfigBase,
+    bernoulli,
+    unwrap,
+)
 
 
 class RBMConfig(ModelConfigBase):
@@ -68,15 +74,6 @@ class BernoulliRBM(nn.Module):
             probs = torch.sigmoid(self.visible_logits(h))
             v = bernoulli(probs, generator)
         return v, probs
-
-
-def bernoulli(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Binary samples of ``probs``, drawn on the CPU when a CPU generator is given."""
-    if generator is not None and probs.device.type != generator.device.type:
-        noise = torch.rand(probs.shape, generator=generator).to(probs.device)
-    else:
-        noise = torch.rand(probs.shape, generator=generator, device=probs.device)
-    return (noise < probs).to(probs.dtype)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from dgm.models.base import (
     ConditionalConfigBase,
     GenerativeModel,
     ImageShape,
+    bernoulli,
     eval_mode,
     one_hot,
     require_divisible_by_4,
@@ -196,12 +197,7 @@ class VAE(GenerativeModel):
 
     def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Dynamically binarized pixels when ``binarize`` (a fresh draw on each call)."""
-        if not self.config.binarize:
-            return images
-        if generator is None:
-            return torch.bernoulli(images)
-        noise = torch.rand(images.shape, generator=generator).to(images.device)
-        return (noise < images).to(images.dtype)
+        return bernoulli(images, generator) if self.config.binarize else images
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         labels = self.training_labels(labels)
