@@ -31,11 +31,13 @@ def mirror_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance (2 CPUs) for the whole test session."""
+    """One local Ray instance (2 CPUs) for the whole test session, with its dashboard: Ray
+    Train V2 frees a finished run's placement group through the State API, and without it
+    the next run in the session (a Tune trial) waits forever for the leaked CPUs."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=True,
                  logging_level="WARNING")
     yield ray
     ray.shutdown()

@@ -191,6 +191,25 @@ def test_model_uri_that_does_not_exist(fast_dgm, workdir):
     assert not out.exists() and not out.with_suffix(".png").exists()
 
 
+@pytest.mark.parametrize(("space", "fragment"), [
+    ("{lr_gg: {uniform: [0.1, 0.2]}}", "tune.space.gan.lr_gg: unknown hyperparameter of gan"),
+    ("{lr_g: {loguniform: [0.001, 0.0001]}}", "empty or inverted range"),
+    ("{loss: {choice: []}}", "empty choice"),
+    ("{loss: {choice: [nonsaturating, minimax]}}", "'minimax' is not accepted"),
+])
+def test_tune_bad_search_space(fast_dgm, workdir, space, fragment):
+    bad = workdir / "configs" / "bad.yaml"
+    bad.write_text(f"models:\n  gan: {{}}\ntune:\n  models: [gan]\n  space:\n    gan: {space}\n")
+    assert_one_line_error(fast_dgm("tune", "--model", "gan", "--params", str(bad), cwd=workdir),
+                          str(bad), fragment)
+    assert not (workdir / "artifacts").exists()
+
+
+def test_tune_unknown_model(fast_dgm, workdir):
+    assert_one_line_error(fast_dgm("tune", "--model", "gann", cwd=workdir),
+                          "unknown model 'gann'")
+
+
 def test_usage_error_is_one_line(workdir):
     result = dgm("train", cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr

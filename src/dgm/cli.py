@@ -13,7 +13,8 @@ import typer
 from dgm.errors import DgmError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  help="Deep generative models: prepare, train, evaluate, register, generate.")
+                  help="Deep generative models: prepare, tune, train, evaluate, register, "
+                  "generate.")
 data_app = typer.Typer(add_completion=False, help="Raw data tracked by data.dvc.")
 app.add_typer(data_app, name="data")
 
@@ -70,6 +71,17 @@ def train(model: str = typer.Option(..., help="A key of `models` in the params f
     from dgm.workflow import train as run
 
     run(_params(params), model, run_name=run_name, resume=resume)
+
+
+@app.command()
+def tune(model: str = typer.Option(..., help="A key of `models` in the params file."),
+         params: Path = PARAMS,
+         resume: bool = typer.Option(False, help="Continue the interrupted study: finished "
+                                     "trials are kept, the others run (Tuner.restore).")) -> None:
+    """Search the model's hyperparameters with Ray Tune (ASHA + Optuna); write the best."""
+    from dgm.workflow import tune as run
+
+    run(_params(params), model, resume=resume)
 
 
 @app.command()

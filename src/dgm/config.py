@@ -17,6 +17,7 @@ from dgm.evaluation.metrics import METRICS, MetricOptions
 from dgm.models.base import ScheduleConfig
 from dgm.models.registry import MODEL_CONFIGS, ModelConfig
 from dgm.training.loop import EarlyStopping
+from dgm.tuning.space import Dimension
 
 
 class Section(BaseModel):
@@ -104,6 +105,46 @@ class GenerateConfig(Section):
     seed: int = 7
 
 
+class TuneConfig(Section):
+    """The `tune` stage: which models are searched, how, and on what resources."""
+
+    models: list[str] = Field(default_factory=list)  # keys of `models` searched; others as set
+    metric: str | None = None  # null: fid for GANs, nll_nats for likelihood models (val split)
+    mode: Literal["min", "max"] = "min"
+    num_samples: Annotated[int, Field(gt=0)] = 4  # trials (a grid search runs every point)
+    max_concurrent_trials: Annotated[int, Field(gt=0)] = 1
+    epochs: Annotated[int, Field(gt=0)] = 4  # per trial: ASHA's max_t
+    max_steps: Annotated[int, Field(gt=0)] | None = None
+    grace_period: Annotated[int, Field(gt=0)] = 1  # ASHA: epochs before a trial may stop
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    searcher: Literal["optuna", "random", "grid"] = "optuna"  # optuna: TPE
+    scheduler: Literal["asha", "fifo"] = "asha"  # fifo: every trial runs all its epochs
+    seed: int = 0
+    num_workers: Annotated[int, Field(ge=1)] = 2  # Ray Train workers per trial
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 0.5
+    trial_cpus: Annotated[float, Field(gt=0)] = 1.0  # the trial's driver (a Tune function)
+    use_gpu: Literal["auto"] | bool = "auto"
+    max_failures: Annotated[int, Field(ge=0)] = 2  # retries of a failed trial
+    storage_path: str | None = None  # null: artifacts/ray_results; a URI or shared path
+    shared_storage: bool = False  # a local storage_path that every node mounts (NFS)
+    eval_samples: Annotated[int, Field(gt=1)] = 500  # sample metrics: images per epoch
+    nll_importance_samples: Annotated[int, Field(gt=0)] = 16  # nll_nats: samples or AIS chains
+    nll_max_images: Annotated[int, Field(gt=0)] = 200  # nll_nats: val images scored
+    space: dict[str, dict[str, Dimension]] = Field(default_factory=dict)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        from dgm.evaluation.validation import check_metric
+
+        if value is not None:
+            try:
+                check_metric(value)
+            except DgmError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class Params(Section):
     """Everything in ``configs/params.yaml``."""
 
@@ -116,6 +157,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     generate: GenerateConfig = GenerateConfig()
+    tune: TuneConfig = TuneConfig()
 
     @field_validator("models", mode="before")
     @classmethod
@@ -136,6 +178,34 @@ class Params(Section):
         except KeyError:
             known = ", ".join(sorted(self.models)) or "none"
             raise DgmError(f"unknown model {name!r} (configured: {known})") from None
+
+    def search_space(self, name: str) -> dict[str, Dimension]:
+        """The search space of model ``name``: ``tune.space.<name>``, else its family's."""
+        model = self.model(name)
+        space = self.tune.space.get(name, self.tune.space.get(model.family))
+        if space is None:
+            raise DgmError(f"tune.space has no entry for {name!r} (nor its family "
+                           f"{model.family!r})")
+        return space
+
+    def check(self) -> None:
+        """Checks across sections (one :class:`DgmError` line each)."""
+        from dgm.tuning.space import check_space
+
+        known = ", ".join(sorted(self.models)) or "none"
+        for name in self.tune.models:
+            if name not in self.models:
+                raise DgmError(f"tune.models: unknown model {name!r} (configured: {known})")
+            where = "tune.space." + (name if name in self.tune.space else self.model(name).family)
+            check_space(self.search_space(name), self.model(name), where)
+        families = {cfg.family for cfg in self.models.values()} | set(MODEL_CONFIGS)
+        for key in self.tune.space:
+            if key not in self.models and key not in families:
+                raise DgmError(f"tune.space.{key}: neither a model nor a family "
+                               f"(models: {known}; families: {', '.join(MODEL_CONFIGS)})")
+        if self.tune.grace_period > self.tune.epochs:
+            raise DgmError(f"tune.grace_period ({self.tune.grace_period}) exceeds tune.epochs "
+                           f"({self.tune.epochs})")
 
 
 _UNION_MEMBER = re.compile(r"^(literal\[.*\]|bool|int|float|str|none|function-\w+\[.*\])$")
@@ -178,6 +248,11 @@ def load_params(path: str | Path = "configs/params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise DgmError(f"{path}: expected a mapping at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         raise DgmError(format_validation_error(exc, str(path))) from None
+    try:
+        params.check()
+    except DgmError as exc:
+        raise DgmError(f"{path}: {exc}") from None
+    return params

@@ -58,6 +58,14 @@ class Layout:
     def ray_storage(self) -> Path:
         return self.artifacts / "ray_results"
 
+    def tune_dir(self, model: str) -> Path:
+        """The `tune` stage's outputs: best.yaml, results.parquet, curves.csv."""
+        return self.artifacts / "tune" / self.dataset / model
+
+    def study_pointer(self, model: str) -> Path:
+        """Which study ``dgm tune --resume`` continues (name, storage, MLflow parent run)."""
+        return self.ray_storage / ".tune" / f"{self.dataset}-{model}.json"
+
 
 def layout(params: Params, root: Path | None = None) -> Layout:
     return Layout(root=(root or project_root()).resolve(), dataset=params.data.name)
@@ -195,7 +203,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
     from dgm.training import ray_train
 
     lay = layout(params, root)
-    model_cfg = params.model(model_name)
+    model_cfg, tuned = tuned_config(params, model_name, lay)
     meta = read_meta(lay.data_dir / "train")
     check_classes(model_cfg, meta, model_name)
     prefix = f"{params.data.name}-{model_name}-"
@@ -213,7 +221,8 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
             f"dgm-{params.data.name}", run_name,
             {"data": params.data.model_dump(), "model": model_cfg.model_dump(),
              "train": params.train.model_dump()},
-            {"dgm.stage": "train", "dgm.dataset": params.data.name, "dgm.model": model_name},
+            {"dgm.stage": "train", "dgm.dataset": params.data.name, "dgm.model": model_name,
+             **({"dgm.tuned_by": tuned["study"]} if tuned else {})},
             uri=uri,
         )
         write_json({"run_id": run_id}, run_file)
@@ -249,6 +258,30 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
     return info
 
 
+def tuned_config(params: Params, model_name: str, lay: Layout):
+    """``models.<name>`` with the `tune` stage's best params applied (when it tuned the
+    model); returns (config, the best.yaml record or None)."""
+    import yaml
+
+    from dgm.tuning.space import apply_overrides
+
+    model_cfg = params.model(model_name)
+    best_file = lay.tune_dir(model_name) / "best.yaml"
+    if not best_file.is_file():
+        return model_cfg, None
+    record = yaml.safe_load(best_file.read_text()) or {}
+    if not record.get("tuned"):
+        return model_cfg, None
+    try:
+        model_cfg = apply_overrides(model_cfg, record.get("params") or {})
+    except DgmError as exc:
+        raise DgmError(f"{best_file}: the tuned params do not fit models.{model_name}: {exc}"
+                       ) from None
+    print(f"{model_name}: tuned params from {best_file.name} ({record.get('study')}): "
+          + ", ".join(f"{k}={v}" for k, v in (record.get("params") or {}).items()))
+    return model_cfg, record
+
+
 def check_classes(model_cfg, meta, model_name: str) -> None:
     """A conditional model's ``num_classes`` must be the dataset's class count."""
     if getattr(model_cfg, "conditional", False) and model_cfg.num_classes != len(
@@ -278,6 +311,38 @@ def _log_loss_plot(logger, history: list[dict[str, float]]) -> None:
         fig.savefig(path)
         logger.log_file(path, "curves")
     plt.close(fig)
+
+
+# --- tune -----------------------------------------------------------------------------------
+def tune(params: Params, model_name: str, root: Path | None = None,
+         resume: bool = False) -> dict[str, Any]:
+    """Search ``model_name``'s hyperparameters (if ``tune.models`` lists it) and write
+    ``artifacts/tune/<dataset>/<model>/``: ``best.yaml`` (what `train` applies),
+    ``results.parquet`` (one row per trial) and ``curves.csv`` (val metric per epoch)."""
+    from dgm.data.parquet import read_meta
+    from dgm.tracking.mlflow_runs import tracking_uri
+    from dgm.tuning.results import write_study, write_untuned
+
+    lay = layout(params, root)
+    model_cfg = params.model(model_name)
+    out = lay.tune_dir(model_name)
+    if model_name not in params.tune.models:
+        if resume:
+            raise DgmError(f"--resume: {model_name} is not in tune.models")
+        write_untuned(out, model_name)
+        print(f"{model_name}: not in tune.models; `train` uses models.{model_name} as set")
+        return {"model": model_name, "tuned": False}
+    check_classes(model_cfg, read_meta(lay.data_dir / "train"), model_name)
+    from dgm.tuning.study import run_study
+
+    uri = tracking_uri(lay.root)
+    result = run_study(params, model_name, dataset_dir=lay.data_dir,
+                       evaluator_dir=lay.evaluator_dir, storage_path=lay.ray_storage,
+                       tracking_uri=uri, pointer=lay.study_pointer(model_name), resume=resume)
+    record = write_study(result, out, model_name, model_cfg.family, uri)
+    print(f"{model_name}: best trial {record['trial_id']} {record['metric']}="
+          f"{record['score']:.4g}: " + ", ".join(f"{k}={v}" for k, v in record["params"].items()))
+    return record
 
 
 # --- evaluate -------------------------------------------------------------------------------

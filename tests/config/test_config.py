@@ -49,6 +49,10 @@ def test_default_params_file_loads():
             continue
         typed = getattr(params, "register_" if section == "register" else section)
         dumped = typed.model_dump()  # nested sections (data.stacked, ...) as plain dicts
+        if section == "tune":  # search dimensions as written: one kind each, lists
+            dumped["space"] = {m: {k: d.model_dump(mode="json", exclude_none=True)
+                                   for k, d in dims.items()}
+                               for m, dims in typed.space.items()}
         assert {k: dumped[k] for k in values} == values, section
 
 

@@ -46,6 +46,8 @@ def pipeline_repo(tmp_path_factory):
     params["train"].update(epochs=2, batch_size=128, num_workers=2, sample_every=1)
     params["evaluate"].update(num_samples=500, nll_importance_samples=8, nll_max_images=100)
     params["generate"].update(num_samples=300, batch_size=128)
+    params["tune"].update(num_samples=2, epochs=2, num_workers=1, cpus_per_worker=1,
+                          eval_samples=200)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {k: v for k, v in os.environ.items()
@@ -83,6 +85,27 @@ def test_repro_tracks_runs_and_registers_champions(pipeline_repo):
         assert version.tags["dgm.gating_metric"] == "fid"
 
 
+def test_repro_tunes_then_trains_with_the_best_params(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    best = yaml.safe_load((repo / "artifacts/tune/digits/gan/best.yaml").read_text())
+    assert best["tuned"] is True and best["metric"] == "val_fid"
+    assert set(best["params"]) == {"lr_g", "lr_d", "loss", "latent_dim"}
+    assert pq.read_table(repo / "artifacts/tune/digits/gan/results.parquet").num_rows == 2
+    for model in ("vae", "rbm"):  # not in tune.models: trained as configured
+        record = yaml.safe_load((repo / f"artifacts/tune/digits/{model}/best.yaml").read_text())
+        assert record == {"model": model, "tuned": False, "params": {}}
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dgm-digits")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                "tags.`dgm.stage` = 'train' and tags.`dgm.model` = 'gan'")
+    assert run.data.tags["dgm.tuned_by"] == best["study"]
+    assert run.data.params["model.loss"] == best["params"]["loss"]
+    assert run.data.params["model.latent_dim"] == str(best["params"]["latent_dim"])
+    (study,) = client.search_runs([experiment.experiment_id], "tags.`dgm.stage` = 'tune'")
+    assert study.info.status == "FINISHED"
+    assert study.data.tags["dgm.best_trial_id"] == best["trial_id"]
+
+
 def test_repro_generates_valid_images(pipeline_repo):
     repo, _, _ = pipeline_repo
     for model in MODELS:
@@ -114,6 +137,7 @@ def test_metrics_and_plots_are_declared(pipeline_repo):
     run(["dvc", "plots", "show", "-o", "plots"], repo, env)
     html = (repo / "plots" / "index.html").read_text()
     assert "GAN losses" in html and "VAE losses" in html and "RBM reconstruction" in html
+    assert "artifacts/tune/digits/gan/curves.csv" in html  # the trials' val_fid by epoch
 
 
 def test_stages_follow_the_configured_models(pipeline_repo, tmp_path):
@@ -128,7 +152,7 @@ def test_stages_follow_the_configured_models(pipeline_repo, tmp_path):
         listed = run(["dvc", "stage", "list", "--names-only"], repo, env).stdout.split()
     finally:
         params_file.write_text(original)
-    for stage in ("train", "evaluate", "register", "generate"):
+    for stage in ("tune", "train", "evaluate", "register", "generate"):
         assert {f"{stage}@{m}" for m in (*MODELS, "cvae")} <= set(listed)
 
 

@@ -148,3 +148,59 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "mlflow", "pydantic")] + [
         f"dgm=={version('dgm')}"
     ]
+
+
+# --- studies: one parent run, one child run per trial ---------------------------------------
+def _child_filter(parent_run_id: str, key_tags: Mapping[str, str]) -> str:
+    clauses = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'"]
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in key_tags.items()]
+    return " and ".join(clauses)
+
+
+def child_runs(experiment: str, parent_run_id: str, uri: str,
+               key_tags: Mapping[str, str] | None = None) -> list:
+    """The child runs of ``parent_run_id`` (those tagged ``key_tags``), oldest first."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], _child_filter(parent_run_id, key_tags or {}),
+                         max_results=10_000, order_by=["attribute.start_time ASC"])
+    return list(runs)
+
+
+def start_child_run(experiment: str, parent_run_id: str, run_name: str,
+                    key_tags: Mapping[str, str], params: Mapping[str, Any],
+                    tags: Mapping[str, str], uri: str) -> str:
+    """The child run of ``parent_run_id`` identified by ``key_tags``: created on the first
+    attempt, reopened (``dgm.attempts`` counted) when a trial is retried or resumed."""
+    existing = child_runs(experiment, parent_run_id, uri, key_tags)
+    if existing:
+        run = existing[0]
+        c = client(uri)
+        c.update_run(run.info.run_id, status="RUNNING")
+        attempts = int(run.data.tags.get("dgm.attempts", "1")) + 1
+        for key, value in {**tags, "dgm.attempts": str(attempts)}.items():
+            c.set_tag(run.info.run_id, key, str(value))
+        return run.info.run_id
+    return start_run(experiment, run_name, params,
+                     {**tags, **key_tags, "mlflow.parentRunId": parent_run_id,
+                      "dgm.attempts": "1"}, uri=uri)
+
+
+def end_child_run(experiment: str, parent_run_id: str, key_tags: Mapping[str, str],
+                  status: str, reason: str | None, uri: str) -> str | None:
+    """End the child run (if it is still RUNNING) with ``status``; return its id."""
+    for run in child_runs(experiment, parent_run_id, uri, key_tags):
+        if run.info.status == "RUNNING":
+            logger = RunLogger(run.info.run_id, uri)
+            if status != "FAILED" and reason:
+                logger.set_tags({"dgm.end_reason": reason})
+            logger.end(status, reason if status == "FAILED" else None)
+        return run.info.run_id
+    return None
+
+
+def reopen_run(run_id: str, uri: str) -> None:
+    """Mark a run RUNNING again (a resumed study's parent run)."""
+    client(uri).update_run(run_id, status="RUNNING")

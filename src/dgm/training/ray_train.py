@@ -76,9 +76,19 @@ def controller_environment(cfg: TrainConfig) -> dict[str, str]:
             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
+def quiet_reports() -> None:
+    """No INFO line per ``ray.train.report`` (Train V2 logs each under its module's path)."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: the lines stay, nothing breaks
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(job: dict[str, Any]) -> None:
     """Per-worker entry: build, wrap (DDP), resume if there is a checkpoint, train."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report
+    quiet_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.model_validate(job["train"])
@@ -112,8 +122,15 @@ def train_worker(job: dict[str, Any]) -> None:
         from dgm.tracking.mlflow_runs import RunLogger
 
         logger = RunLogger(job["run_id"], job["tracking_uri"])
+    scorer = None
+    if rank == 0 and job.get("validation"):  # the evaluator's val metric (tuning trials)
+        from dgm.evaluation.validation import ValidationScorer
+
+        scorer = ValidationScorer.open(**job["validation"])
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], final: bool) -> None:
+        if scorer is not None:
+            metrics = {**metrics, **scorer(model)}
         history.append({"epoch": epoch, **metrics})
         if logger is not None:
             logger.log_metrics(metrics, step=epoch)
@@ -162,6 +179,52 @@ def latest_run_name(storage_path: Path, prefix: str) -> str | None:
     return runs[-1].name if runs else None
 
 
+def storage_location(path: str | Path) -> str:
+    """A URI (``s3://…``, ``gs://…``) as given; a local path made absolute (Ray needs it)."""
+    text = str(path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def build_job(dataset_dir: Path, model_config: ModelConfigBase, train_config: TrainConfig,
+              run_id: str | None = None, tracking_uri: str | None = None,
+              validation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every worker receives (plain data, absolute paths)."""
+    meta = read_meta(Path(dataset_dir) / "train")
+    return {
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "model": model_config.model_dump(),
+        "train": train_config.model_dump(),
+        "image_shape": list(meta.shape_chw),
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "validation": validation,
+    }
+
+
+def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: str | Path,
+                 run_name: str, use_gpu: bool, callbacks: list | None = None):
+    """The ``TorchTrainer`` of one training run (re-run with the same storage and name to
+    resume from its latest checkpoint)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_worker,
+        train_loop_config=job,
+        scaling_config=ScalingConfig(
+            num_workers=train_config.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": train_config.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_location(storage_path),
+            failure_config=FailureConfig(max_failures=train_config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train_config.checkpoints_to_keep),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def fit(
     *,
     dataset_dir: Path,
@@ -173,40 +236,16 @@ def fit(
     tracking_uri: str | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """Run the ``TorchTrainer``; return (history, final checkpoint state)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     ensure_ray()
     use_gpu = decide_use_gpu(train_config.use_gpu, train_config.num_workers)
     check_cpus(train_config, use_gpu)
-    meta = read_meta(Path(dataset_dir) / "train")
-    job = {
-        "dataset_dir": str(Path(dataset_dir).resolve()),
-        "model": model_config.model_dump(),
-        "train": train_config.model_dump(),
-        "image_shape": list(meta.shape_chw),
-        "run_id": run_id,
-        "tracking_uri": tracking_uri,
-    }
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=job,
-        scaling_config=ScalingConfig(
-            num_workers=train_config.num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": train_config.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
-            failure_config=FailureConfig(max_failures=train_config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=train_config.checkpoints_to_keep),
-        ),
-    )
+    job = build_job(dataset_dir, model_config, train_config, run_id, tracking_uri)
+    trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
     os.environ.update(controller_environment(train_config))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise DgmError(f"training failed: {_root_cause(exc)}") from None
+        raise DgmError(f"training failed: {root_cause(exc)}") from None
     if result.checkpoint is None:
         raise DgmError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
@@ -214,7 +253,7 @@ def fit(
     return list(state["history"]), state
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The last line of the innermost error message: what a user needs to see."""
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]

@@ -1,0 +1,94 @@
+"""The evaluator's judgement of a model in training, on the val split: what tuning trials
+report each epoch (``val_fid`` of samples for GANs, ``val_nll_nats`` for likelihood models).
+
+Sample metrics compare generated images with the val split's images under the evaluator
+classifier (the same features and scale as the evaluation stage, a held-out reference);
+``nll_nats`` scores the val images under the model's own likelihood estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dgm.errors import DgmError
+from dgm.evaluation.metrics import METRICS, MetricOptions, Reference, compute
+
+LIKELIHOOD_METRIC = "nll_nats"
+FAMILY_METRICS = {"gan": "fid", "vae": LIKELIHOOD_METRIC, "rbm": LIKELIHOOD_METRIC}
+
+
+def default_metric(family: str) -> str:
+    """What a trial of ``family`` is judged by when the config names nothing."""
+    return FAMILY_METRICS.get(family, "fid")
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if trials can report it, else a one-line error."""
+    if metric != LIKELIHOOD_METRIC and metric not in METRICS:
+        raise DgmError(f"unknown validation metric {metric!r} "
+                       f"(known: {LIKELIHOOD_METRIC}, {', '.join(METRICS)})")
+    return metric
+
+
+@dataclass
+class ValidationScorer:
+    """Scores a model on the val split with one metric; reports ``val_<metric>``."""
+
+    metric: str
+    num_samples: int = 500
+    seed: int = 0
+    importance_samples: int = 16
+    options: MetricOptions | None = None
+    evaluator: object | None = None  # sample metrics: an Evaluator
+    reference: Reference | None = None  # sample metrics: the val split as the metrics see it
+    images: torch.Tensor | None = None  # nll_nats: val images, float in [0, 1]
+
+    @classmethod
+    def open(cls, metric: str, data_dir: str | Path, evaluator_dir: str | Path | None = None,
+             *, num_samples: int = 500, seed: int = 0, importance_samples: int = 16,
+             max_images: int = 200, options: MetricOptions | None = None) -> ValidationScorer:
+        """A scorer of ``metric`` against the val split of the prepared dataset ``data_dir``
+        (sample metrics need the evaluator stage's output ``evaluator_dir``)."""
+        from dgm.data.loading import to_float_tensor
+        from dgm.data.parquet import read_split
+
+        check_metric(metric)
+        val = read_split(data_dir, "val")
+        if metric == LIKELIHOOD_METRIC:
+            return cls(metric, num_samples, seed, importance_samples, options,
+                       images=to_float_tensor(val.images[:max_images]))
+        from dgm.evaluation.scoring import Evaluator
+
+        if evaluator_dir is None:
+            raise DgmError(f"validation metric {metric} needs the evaluator (run its stage)")
+        evaluator = Evaluator.open(evaluator_dir, data_dir)
+        real = evaluator.featurize(val.images)
+        reference = Reference(features=real.features, probs=real.probs, pixels=real.pixels)
+        return cls(metric, num_samples, seed, importance_samples, options, evaluator, reference)
+
+    @property
+    def key(self) -> str:
+        """The name trials report (and tuning optimises)."""
+        return f"val_{self.metric}"
+
+    def __call__(self, model) -> dict[str, float]:
+        """``{"val_<metric>": value, …}`` for ``model`` now (same seed every call)."""
+        if self.metric == LIKELIHOOD_METRIC:
+            from dgm.evaluation.likelihood import negative_log_likelihood, supports_likelihood
+
+            if not supports_likelihood(model):
+                raise DgmError(f"{model.family} models have no likelihood: tune them on a "
+                               "sample metric such as fid")
+            nll = negative_log_likelihood(model, self.images, self.importance_samples,
+                                          seed=self.seed)
+            return {self.key: nll["nll_nats"]}
+        from dgm.models.generator import balanced_labels, sample_uint8
+
+        labels = balanced_labels(model, self.num_samples)
+        images = sample_uint8(model, self.num_samples, self.seed, labels)
+        values = compute([self.metric], self.reference, self.evaluator.featurize(images),
+                         self.options)
+        return {f"val_{k}": float(v) for k, v in values.items()}

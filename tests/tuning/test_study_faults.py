@@ -1,0 +1,150 @@
+"""Studies that lose their driver or a node: `--resume` finishes only the unfinished trials;
+a multi-node study (ray.cluster_utils.Cluster) spreads trials over nodes and survives losing
+one; a local storage_path is refused on a multi-node cluster unless declared shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from dgm.config import Params
+from dgm.errors import DgmError
+from dgm.tracking.mlflow_runs import tracking_uri
+from dgm.workflow import Layout, tune
+
+from .conftest import study_params
+
+pytestmark = pytest.mark.integration
+
+
+def children(client: MlflowClient, parent_run_id: str) -> list:
+    exp = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_the_driver_is_killed(ray_session, tune_project, tmp_path):
+    params = study_params(num_samples=4, epochs=2, scheduler="fifo", searcher="random")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    lay = Layout(tune_project, "digits")
+    pointer = lay.study_pointer("gan")
+    pointer.unlink(missing_ok=True)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "RAY_AUTH_MODE": "token",  # a second driver of a local cluster uses its token
+           "MLFLOW_TRACKING_URI": tracking_uri(tune_project)}
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "dgm.cli", "tune", "--model", "gan", "--params",
+         str(params_file)], cwd=tune_project, env=env, start_new_session=True,
+        stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    client = MlflowClient(tracking_uri(tune_project))
+
+    def two_finished():
+        assert driver.poll() is None, log.read_text()[-3000:]
+        runs = [c for c in children(client, parent) if c.info.status == "FINISHED"]
+        return runs if len(runs) >= 2 else None
+
+    try:
+        parent = wait_for(lambda: pointer.is_file() and json.loads(pointer.read_text()),
+                          120, "the study to start")["parent_run_id"]
+        done = wait_for(two_finished, 400, "two finished trials")
+        time.sleep(3)  # the study's state is saved every second
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = {c.data.tags["dgm.trial_id"]: c.info.end_time for c in done}
+    assert len(children(client, parent)) < 4 or any(
+        c.info.status == "RUNNING" for c in children(client, parent))
+
+    record = tune(Params.model_validate(params), "gan", root=tune_project, resume=True)
+    assert record["parent_run_id"] == parent
+    table = pq.read_table(lay.tune_dir("gan") / "results.parquet").to_pylist()
+    assert len(table) == 4 and {row["status"] for row in table} == {"TERMINATED"}
+    assert all(row["epochs"] == 2 for row in table)
+    runs = {c.data.tags["dgm.trial_id"]: c for c in children(client, parent)}
+    assert len(runs) == 4 and {c.info.status for c in runs.values()} == {"FINISHED"}
+    for trial_id, end_time in finished.items():  # not run again
+        assert runs[trial_id].data.tags["dgm.attempts"] == "1"
+        assert runs[trial_id].info.end_time == end_time
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.fixture()
+def cluster(ray_session):
+    """A head (no CPUs) and three 2-CPU worker nodes; the session's Ray comes back after."""
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    nodes = [c.add_node(num_cpus=2) for _ in range(3)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="WARNING")
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="WARNING")
+
+
+def test_multi_node_study_survives_losing_a_node(cluster, tune_project):
+    c, nodes = cluster
+    spec = study_params(num_samples=4, epochs=2, max_concurrent_trials=2, num_workers=1,
+                        cpus_per_worker=1, scheduler="fifo", searcher="random",
+                        max_failures=3)
+    with pytest.raises(DgmError, match=r"local path but the Ray cluster has 4 nodes"):
+        tune(Params.model_validate(spec), "gan", root=tune_project)
+
+    spec["tune"]["shared_storage"] = True  # simulated nodes share this machine's disk
+    params = Params.model_validate(spec)
+    client = MlflowClient(tracking_uri(tune_project))
+    lay = Layout(tune_project, "digits")
+    pointer = lay.study_pointer("gan")
+    pointer.unlink(missing_ok=True)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        record=tune(params, "gan", root=tune_project)))
+    runner.start()
+    parent = wait_for(lambda: pointer.is_file() and json.loads(pointer.read_text()), 120,
+                      "the study to start")["parent_run_id"]
+    by_id = {n.node_id: n for n in nodes}
+
+    def running_trial_node():
+        for run in children(client, parent):
+            node = run.data.tags.get("dgm.node_id")
+            if run.info.status == "RUNNING" and node in by_id:
+                return node
+        return None
+
+    victim = wait_for(running_trial_node, 300, "a running trial")
+    time.sleep(5)  # let it report an epoch or two
+    c.remove_node(by_id[victim], allow_graceful=False)
+    runner.join(timeout=900)
+    assert not runner.is_alive(), "the study did not finish"
+    record = outcome["record"]
+    table = pq.read_table(lay.tune_dir("gan") / "results.parquet").to_pylist()
+    assert len(table) == 4 and {row["status"] for row in table} == {"TERMINATED"}
+    assert all(row["epochs"] == 2 for row in table)
+    assert len({row["node_id"] for row in table}) >= 2  # trials ran on several nodes
+    assert max(row["attempts"] for row in table) >= 2  # the lost node's trial was retried
+    assert yaml.safe_load((lay.tune_dir("gan") / "best.yaml").read_text())["trial_id"] == \
+        record["trial_id"]
