@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=27, help="per trial (ASHA's max_t)")
     p.add_argument("--grace", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--eval-samples", type=int, default=500)
     p.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "dgm-tune-bench")
