@@ -12,6 +12,7 @@ A failed trial is retried from its last training checkpoint; ``resume`` restores
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ TRIAL_TAG = "dgm.trial_id"
 # --- checks before anything starts -----------------------------------------------------------
 def check_resources(cfg: TuneConfig, use_gpu: bool) -> None:
     """Fail at once when a trial can never be placed, instead of waiting forever."""
-    cpus = ray.cluster_resources().get("CPU", 0)
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0)
     need = cfg.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
     if need > cpus:
         raise DgmError(f"a trial needs {need:g} CPUs (tune.trial_cpus + tune.num_workers × "
@@ -53,7 +55,7 @@ def check_resources(cfg: TuneConfig, use_gpu: bool) -> None:
         if amount > biggest:
             raise DgmError(f"{what} is {amount:g} CPUs but no node of the Ray cluster has "
                            f"more than {biggest:g}")
-    gpus = ray.cluster_resources().get("GPU", 0)
+    gpus = resources.get("GPU", 0)
     if use_gpu and gpus < cfg.num_workers:
         raise DgmError(f"tune.use_gpu needs {cfg.num_workers} GPUs but the cluster has {gpus:g}")
 
@@ -62,11 +64,12 @@ def concurrency(cfg: TuneConfig) -> int:
     """Trials that fit the cluster at once: more would each hold their driver's CPUs while
     their Train workers wait for the rest, and the study would never progress."""
     need = cfg.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
-    fits = max(1, int(ray.cluster_resources().get("CPU", 0) // need))
+    cpus = ray.cluster_resources().get("CPU", 0)
+    fits = max(1, int(cpus // need))
     if cfg.max_concurrent_trials > fits:
         print(f"tune: {fits} trial(s) at a time (tune.max_concurrent_trials is "
               f"{cfg.max_concurrent_trials}, but each trial needs {need:g} of the cluster's "
-              f"{ray.cluster_resources().get('CPU', 0):g} CPUs)", flush=True)
+              f"{cpus:g} CPUs)", flush=True)
     return min(cfg.max_concurrent_trials, fits)
 
 
@@ -347,8 +350,8 @@ def collect(grid, key: str, mode: str, study: str, parent_run_id: str,
             "error": root_cause(result.error) if result.error else "",
             **{f"config.{k}": v for k, v in config.items()},
         })
-    finished = [t for t in trials if t["status"] == "TERMINATED" and t["score_last"] == t[
-        "score_last"]]
+    finished = [t for t in trials
+                if t["status"] == "TERMINATED" and not math.isnan(t["score_last"])]
     if not finished:
         errors = "; ".join(t["error"] for t in trials if t["error"])[:500]
         raise DgmError(f"no trial of {study} reported {key}" + (f": {errors}" if errors else ""))
