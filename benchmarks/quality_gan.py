@@ -1,12 +1,14 @@
 """GAN quality on MNIST and stacked MNIST within a CPU budget: FID, class KL, modes.
 
-Trains a DCGAN (non-saturating loss, PacGAN packing ``--pack``, generator EMA with its
-BatchNorm statistics recomputed each epoch) through the shared training loop on
-MNIST for ``--budget-minutes`` and on stacked MNIST (1000 modes) for ``--stacked-minutes``,
-then scores ``--samples`` images with the pipeline's evaluator of each dataset (trained once
-with configs/params.yaml and cached). Figures: ``fid``, ``kid``, ``class_kl``,
-``modes_covered``, ``precision``/``recall``, ``stacked_modes_covered``, ``stacked_mode_kl``,
-``wall_s`` (training) per dataset.
+On MNIST (``--budget-minutes``) trains a class-conditional DCGAN (one-hot class into G,
+projection discriminator, asked for every class alike when sampling; ``--unconditional``: a
+DCGAN with PacGAN packing ``--pack`` instead), non-saturating loss, generator EMA with its
+BatchNorm statistics recomputed each epoch, through the shared training loop; on stacked
+MNIST (1000 modes, ``--stacked-minutes``) the unconditional PacGAN. ``--samples`` images of
+each are scored by the pipeline's evaluator of the dataset (trained once with
+configs/params.yaml and cached). Figures: ``fid``, ``kid``, ``class_kl``, ``modes_covered``,
+``precision``/``recall``, ``label_accuracy`` (conditional), ``stacked_modes_covered``,
+``stacked_mode_kl``, ``wall_s`` (training) per dataset.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ KEYS = ("fid", "kid", "class_kl", "modes_covered", "precision", "recall", "mode_
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--budget-minutes", type=float, default=14.0, help="MNIST training")
+    p.add_argument("--budget-minutes", type=float, default=14.0, help="MNIST (0: skip)")
+    p.add_argument("--unconditional", action="store_true",
+                   help="MNIST: the unconditional PacGAN instead of the conditional GAN")
     p.add_argument("--stacked-minutes", type=float, default=8.0, help="0: skip stacked MNIST")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
@@ -36,21 +40,19 @@ def main() -> None:
     p.add_argument("--pack", type=int, default=2, help="PacGAN packing (unconditional runs)")
     p.add_argument("--lr-d", type=float, default=2e-4)
     p.add_argument("--lr-g", type=float, default=2e-4)
-    p.add_argument("--conditional-minutes", type=float, default=0.0,
-                   help="also a class-conditional GAN on MNIST (figures cgan_*; 0: skip)")
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dgm-bench")
     args = p.parse_args()
     if mirror() is None:
         raise SystemExit("quality_gan: MNIST not found; set DGM_DATA_DIR to the IDX mirror")
-    figures: dict = {"budget_minutes": args.budget_minutes, "loss": args.loss,
-                     "pack": args.pack, "stacked_minutes": args.stacked_minutes,
-                     "samples": args.samples}
     unconditional = {"loss": args.loss, "pack": args.pack}
-    runs = [("mnist", "", args.budget_minutes, unconditional)]
-    if args.conditional_minutes > 0:
-        runs.append(("mnist", "cgan_", args.conditional_minutes,
-                     {"loss": args.loss, "conditional": True}))
+    mnist_model = unconditional if args.unconditional else {"loss": args.loss,
+                                                            "conditional": True}
+    figures: dict = {"budget_minutes": args.budget_minutes, "loss": args.loss,
+                     "conditional": not args.unconditional,
+                     "pack": mnist_model.get("pack", 1), "stacked_pack": args.pack,
+                     "stacked_minutes": args.stacked_minutes, "samples": args.samples}
+    runs = [("mnist", "", args.budget_minutes, mnist_model)] if args.budget_minutes > 0 else []
     if args.stacked_minutes > 0:
         runs.append(("stacked-mnist", "stacked_", args.stacked_minutes, unconditional))
     for dataset, prefix, minutes, variant in runs:

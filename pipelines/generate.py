@@ -12,5 +12,6 @@ cfg = params.generate
 main([
     "generate", "--model-uri", f"models:/dgm-{params.data.name}-{model}@champion",
     "--num-samples", str(cfg.num_samples), "--batch-size", str(cfg.batch_size),
-    "--seed", str(cfg.seed), "--output", str(layout(params).samples_file(model)),
+    "--seed", str(cfg.seed), "--shard-size", str(cfg.shard_size), "--workers", str(cfg.workers),
+    "--output", str(layout(params).samples_file(model)),  # a directory of Parquet shards
 ])

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,3 +80,59 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until ``url`` answers 200; fail with the process's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextmanager
+def mlflow_server(directory: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store and a local
+    artifact destination under ``directory``, artifacts proxied over HTTP. Yields its URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = directory / "server.log"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+         "--artifacts-destination", str(directory / "mlartifacts")],
+        cwd=directory, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process, log)
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_uri(tmp_path_factory) -> Iterator[str]:
+    """A real MLflow tracking server for the tests of one module (see :func:`mlflow_server`)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri

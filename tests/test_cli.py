@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,37 @@ def test_model_uri_that_does_not_exist(fast_dgm, workdir):
     result = fast_dgm("generate", "--model-uri", "models:/dgm-digits-gan@champion",
                       "--num-samples", "10", "--output", str(out), cwd=workdir)
     assert_one_line_error(result, "models:/dgm-digits-gan@champion", "does not exist")
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+@pytest.fixture()
+def not_mlflow(tmp_path):
+    """An HTTP server on loopback that is not MLflow (404 for everything); its URL."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("server", ["refused", "not_mlflow"])
+def test_unreachable_tracking_server_is_one_line_fast(fast_dgm, workdir, server, request):
+    from conftest import free_port
+
+    uri = (f"http://127.0.0.1:{free_port()}" if server == "refused"
+           else request.getfixturevalue("not_mlflow"))
+    out = workdir / "s.parquet"
+    started = time.monotonic()
+    result = fast_dgm("generate", "--model-uri", "models:/dgm-digits-gan@champion",
+                      "--num-samples", "10", "--output", str(out), cwd=workdir,
+                      env={"MLFLOW_TRACKING_URI": uri})
+    assert time.monotonic() - started < 10
+    assert_one_line_error(result, uri)
+    assert ("cannot reach the MLflow tracking server" if server == "refused"
+            else "does not answer as an MLflow tracking server") in result.stderr
     assert not out.exists() and not out.with_suffix(".png").exists()
 
 

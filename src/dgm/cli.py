@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -142,16 +143,48 @@ def register(model: str = typer.Option(..., help="A key of `models` in the param
 @app.command()
 def generate(
     model_uri: str = typer.Option(..., help="e.g. models:/dgm-digits-gan@champion"),
-    num_samples: int = typer.Option(10_000, help="Number of images."),
-    output: Path = typer.Option(..., help="Parquet file to write (a PNG grid goes beside it)."),
-    seed: int = typer.Option(7, help="Same seed, same images."),
+    num_samples: int = typer.Option(10_000, help="Number of images (any number: streamed)."),
+    output: Path = typer.Option(..., help="PATH.parquet: a directory of part-NNNNN.parquet "
+                                "shards (a PNG grid goes beside it as PATH.png)."),
+    seed: int = typer.Option(7, help="Same seed, same images (shard by shard)."),
     batch_size: int = typer.Option(1000, help="Images per batch (and per row group)."),
+    shard_size: int = typer.Option(50_000, help="Images per shard file (the last one fewer)."),
+    workers: int = typer.Option(1, help="Model copies: >1 spreads shards over Ray actors "
+                                "(RAY_ADDRESS or a local Ray); same images either way."),
+    label: int | None = typer.Option(None, help="Conditional models: the class of every "
+                                     "image (default: classes drawn by the seed)."),
 ) -> None:
-    """Generate images from a registered generator into Parquet."""
+    """Generate images from a registered generator into Parquet shards."""
     from dgm.generation.batch import generate as run
 
-    result = run(model_uri, num_samples, output, seed, batch_size)
-    print(f"wrote {result.num_samples} samples to {result.output} (grid: {result.grid})")
+    result = run(model_uri, num_samples, output, seed, batch_size, shard_size=shard_size,
+                 workers=workers, label=label)
+    print(f"wrote {result.num_samples} samples ({result.shards} shard(s)) to {result.output} "
+          f"({result.samples_per_s:,.0f} samples/s; grid: {result.grid})")
+
+
+@app.command()
+def lineage(
+    model_uri: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or "
+                                    "runs:/RUN_ID"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of lines."),
+) -> None:
+    """Print what produced a model (git commit, data and config hashes) and how to redo it."""
+    import json
+
+    from dgm.tracking import lineage as lin
+    from dgm.tracking.mlflow_runs import tracking_uri
+    from dgm.tracking.registry import resolve_model_uri
+
+    uri = tracking_uri()
+    resolve_model_uri(model_uri, uri)
+    tags = lin.lineage_of(model_uri, uri)
+    if as_json:
+        print(json.dumps({"model_uri": model_uri, "lineage": tags,
+                          "reproduce": lin.reproduce_command(tags),
+                          "warnings": lin.lineage_warnings(tags)}, indent=2, sort_keys=True))
+    else:
+        print(lin.format_lineage(tags))
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -172,6 +205,9 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dgm`` console script."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow draws a progress bar on stderr for every model it pulls: noise before a result
+    # and, on an error, a second line beside the one-line message.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         result = guarded(app, args=argv, standalone_mode=False)
     except typer.Abort:

@@ -199,6 +199,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
           resume: bool = False) -> dict[str, Any]:
     """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs."""
     from dgm.data.parquet import read_meta
+    from dgm.tracking.lineage import collect_lineage, tag_run
     from dgm.tracking.mlflow_runs import RunLogger, log_generator, start_run, tracking_uri
     from dgm.training import ray_train
 
@@ -226,6 +227,7 @@ def train(params: Params, model_name: str, root: Path | None = None, run_name: s
             uri=uri,
         )
         write_json({"run_id": run_id}, run_file)
+    tag_run(run_id, collect_lineage(params, model_name, lay.root, model_cfg), uri)  # on resume too
     logger = RunLogger(run_id, uri)
     try:
         history, state = ray_train.fit(
@@ -414,6 +416,7 @@ def report(params: Params, root: Path | None = None, output: Path | None = None)
 # --- register -------------------------------------------------------------------------------
 def register(params: Params, model_name: str, root: Path | None = None) -> dict[str, Any]:
     """Register the trained generator; move ``champion`` only if it beats the incumbent."""
+    from dgm.tracking.lineage import lineage_tags_for_version
     from dgm.tracking.registry import model_name as registered_name
     from dgm.tracking.registry import register_generator
 
@@ -426,7 +429,8 @@ def register(params: Params, model_name: str, root: Path | None = None) -> dict[
                        f"({', '.join(sorted(metrics))})")
     decision = register_generator(
         run["model_uri"], registered_name(params.data.name, model_name), cfg.metric,
-        float(metrics[cfg.metric]), cfg.mode, cfg.min_delta, run_id=run["run_id"],
+        float(metrics[cfg.metric]), cfg.mode, cfg.min_delta,
+        tags=lineage_tags_for_version(run["run_id"]),
     )
     print(decision.message)
     write_json(decision.to_dict(), lay.registry_file(model_name))

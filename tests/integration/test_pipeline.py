@@ -1,4 +1,5 @@
-"""`dvc repro` of the whole pipeline in a fresh git repository (real DVC, Ray, MLflow)."""
+"""`dvc repro` of the whole pipeline in a fresh git repository (real DVC, Ray, and a real
+`mlflow server` on loopback as the tracking server and registry)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory):
-    """A copy of the committed project, with a tiny config, after one `dvc repro`."""
+def pipeline_repo(tmp_path_factory, mlflow_server_uri):
+    """A copy of the committed project, with a tiny config, after one `dvc repro` that
+    tracks and registers on the MLflow server."""
     repo = tmp_path_factory.mktemp("clone") / "dgm"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
@@ -54,6 +56,7 @@ def pipeline_repo(tmp_path_factory):
            if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DGM_DATA_DIR")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
+    env["MLFLOW_TRACKING_URI"] = mlflow_server_uri
     run(["git", "init", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
@@ -71,8 +74,9 @@ def test_repro_prepares_parquet(pipeline_repo):
 
 
 def test_repro_tracks_runs_and_registers_champions(pipeline_repo):
-    repo, _, _ = pipeline_repo
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    repo, env, _ = pipeline_repo
+    assert not (repo / "mlflow.db").exists()  # everything went to the server
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("dgm-digits")
     runs = client.search_runs([experiment.experiment_id], "tags.`dgm.stage` = 'train'")
     assert sorted(r.data.tags["dgm.model"] for r in runs) == list(MODELS)
@@ -86,7 +90,7 @@ def test_repro_tracks_runs_and_registers_champions(pipeline_repo):
 
 
 def test_repro_tunes_then_trains_with_the_best_params(pipeline_repo):
-    repo, _, _ = pipeline_repo
+    repo, env, _ = pipeline_repo
     best = yaml.safe_load((repo / "artifacts/tune/digits/gan/best.yaml").read_text())
     assert best["tuned"] is True and best["metric"] == "val_fid"
     assert set(best["params"]) == {"lr_g", "lr_d", "loss", "latent_dim"}
@@ -94,7 +98,7 @@ def test_repro_tunes_then_trains_with_the_best_params(pipeline_repo):
     for model in ("vae", "rbm"):  # not in tune.models: trained as configured
         record = yaml.safe_load((repo / f"artifacts/tune/digits/{model}/best.yaml").read_text())
         assert record == {"model": model, "tuned": False, "params": {}}
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("dgm-digits")
     (run,) = client.search_runs([experiment.experiment_id],
                                 "tags.`dgm.stage` = 'train' and tags.`dgm.model` = 'gan'")
@@ -113,6 +117,40 @@ def test_repro_generates_valid_images(pipeline_repo):
         assert samples.images.shape == (300, 8, 8, 1)
         assert samples.images.std() > 10  # not a constant image
         assert (repo / f"artifacts/samples/digits/{model}.png").stat().st_size > 0
+
+
+def test_another_process_pulls_the_champion_over_http(pipeline_repo, tmp_path):
+    """Downstream: a process with nothing but the server's URI generates from the champion."""
+    _, env, _ = pipeline_repo
+    out = tmp_path / "pulled.parquet"
+    run(["dgm", "generate", "--model-uri", "models:/dgm-digits-gan@champion",
+         "--num-samples", "200", "--seed", "3", "--output", str(out)], tmp_path, env)
+    samples = read_images(out)
+    assert samples.images.shape == (200, 8, 8, 1) and samples.images.std() > 10
+    assert MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "dgm-digits-gan", "champion").tags["dgm.decision"] == "champion"
+
+
+def test_champion_carries_its_lineage(pipeline_repo):
+    repo, env, _ = pipeline_repo
+    head = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
+    version = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "dgm-digits-vae", "champion")
+    assert version.tags["dgm.lineage.git_commit"] == head
+    assert version.tags["dgm.lineage.stage"] == "train@vae"
+    assert version.tags["dgm.lineage.dataset"] == "digits"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    (prepared,) = [o for o in lock["stages"]["prepare"]["outs"]
+                   if o["path"] == "artifacts/data/digits"]
+    assert version.tags["dgm.lineage.dataset_checksum"] == prepared["md5"]
+    assert version.tags["dgm.lineage.dvc.artifacts/data/digits"] == prepared["md5"]
+    assert len(version.tags["dgm.lineage.dvc_params"]) == 64
+    shown = json.loads(run(["dgm", "lineage", "models:/dgm-digits-vae@champion", "--json"],
+                           repo, env).stdout)
+    assert shown["lineage"]["dgm.lineage.git_commit"] == head
+    assert shown["reproduce"] == f"git checkout {head} && dvc repro train@vae"
+    printed = run(["dgm", "lineage", "models:/dgm-digits-vae@champion"], repo, env).stdout
+    assert f"git checkout {head} && dvc repro train@vae" in printed
 
 
 def test_metrics_and_plots_are_declared(pipeline_repo):

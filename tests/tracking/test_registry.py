@@ -14,7 +14,7 @@ from dgm.models.generator import sample_uint8, save_generator
 from dgm.models.registry import build_model
 from dgm.tracking.mlflow_runs import flatten, log_generator, start_run
 from dgm.tracking.pyfunc import load_generator_model, request_args, request_label
-from dgm.tracking.registry import CHAMPION, beats, register_generator, resolve_model_uri
+from dgm.tracking.registry import CHALLENGER, CHAMPION, beats, register_generator, resolve_model_uri
 
 
 @pytest.fixture()
@@ -92,16 +92,39 @@ def test_request_args_validation():
 def test_champion_moves_only_when_the_metric_improves(logged_model, tracking_uri):
     model_uri, run_id, _ = logged_model
     name = "dgm-digits-gan"
-    first = register_generator(model_uri, name, "fid", 10.0, run_id=run_id)
-    worse = register_generator(model_uri, name, "fid", 12.0, run_id=run_id)
-    better = register_generator(model_uri, name, "fid", 4.0, run_id=run_id)
+    first = register_generator(model_uri, name, "fid", 10.0)
+    worse = register_generator(model_uri, name, "fid", 12.0)
+    better = register_generator(model_uri, name, "fid", 4.0)
     assert (first.promoted, worse.promoted, better.promoted) == (True, False, True)
     assert worse.champion_version == "1" and worse.champion_value == 10.0
     client = MlflowClient(tracking_uri)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == better.version == "3"
-    assert client.get_model_version(name, "2").tags["dgm.decision"] == "kept_incumbent"
-    assert float(client.get_model_version(name, "3").tags["dgm.gating_value"]) == 4.0
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == worse.version
+    loser = client.get_model_version(name, "2").tags
+    assert loser["dgm.decision"] == "challenger"
+    assert (float(loser["dgm.gating_value"]), float(loser["dgm.incumbent_value"])) == (12.0, 10.0)
+    assert loser["dgm.incumbent_version"] == "1" and loser["dgm.gating_metric"] == "fid"
+    winner = client.get_model_version(name, "3").tags
+    assert winner["dgm.decision"] == "champion" and float(winner["dgm.gating_value"]) == 4.0
+    assert float(winner["dgm.incumbent_value"]) == 10.0
+    assert "dgm.incumbent_version" not in client.get_model_version(name, "1").tags
     assert len(client.search_model_versions(f"name='{name}'")) == 3  # nothing deleted
+
+
+def test_gate_direction_and_minimum_improvement(logged_model, tracking_uri):
+    model_uri, run_id, _ = logged_model
+    name = "dgm-digits-vae"
+    register_generator(model_uri, name, "precision", 0.50, "max", 0.05)
+    small = register_generator(model_uri, name, "precision", 0.54, "max", 0.05)
+    large = register_generator(model_uri, name, "precision", 0.56, "max", 0.05)
+    assert (small.promoted, large.promoted) == (False, True)
+    assert "challenger" in small.message and "min_delta 0.05" in small.message
+    client = MlflowClient(tracking_uri)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == large.version
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == small.version
+    with pytest.raises(DgmError, match="not registered"):
+        register_generator(model_uri, name, "precision", float("nan"), "max")
+    assert len(client.search_model_versions(f"name='{name}'")) == 3
 
 
 def test_unknown_models_are_one_line_errors(tracking_uri):
@@ -111,7 +134,7 @@ def test_unknown_models_are_one_line_errors(tracking_uri):
         resolve_model_uri("models:/nope/3")
 
 
-def test_a_model_that_is_not_a_dgm_generator_is_refused(tracking_uri, tmp_path):
+def test_a_model_that_is_not_a_dgm_generator_is_refused(tracking_uri, tmp_path, monkeypatch):
     class Echo(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
             return model_input
@@ -121,5 +144,24 @@ def test_a_model_that_is_not_a_dgm_generator_is_refused(tracking_uri, tmp_path):
         info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(),
                                        registered_model_name="not-dgm")
     assert info.registered_model_version == 1
+    unpickled = []
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *a, **k: unpickled.append(a))
     with pytest.raises(DgmError, match="not a dgm generator"):
         load_generator_model("models:/not-dgm/1")
+    assert unpickled == []  # refused from its MLmodel file, never loaded
+
+
+def test_register_and_pull_on_a_tracking_server(mlflow_server_uri, tmp_path, monkeypatch):
+    """The same gate against a real `mlflow server` (its registry checks a version's source)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_uri)
+    model = build_model(GANConfig(width=8, latent_dim=4), (1, 8, 8), seed=0)
+    path = save_generator(model, tmp_path / "generator.pt", extra={"dataset": "digits"})
+    run_id = start_run("dgm-test", "server", {}, {}, uri=mlflow_server_uri)
+    model_uri = log_generator(run_id, path, (1, 8, 8), mlflow_server_uri)
+    first = register_generator(model_uri, "dgm-srv-gan", "fid", 5.0, uri=mlflow_server_uri)
+    second = register_generator(model_uri, "dgm-srv-gan", "fid", 6.0, uri=mlflow_server_uri)
+    assert (first.promoted, second.promoted) == (True, False)
+    client = MlflowClient(mlflow_server_uri)
+    assert client.get_model_version_by_alias("dgm-srv-gan", CHALLENGER).run_id == run_id
+    pulled = load_generator_model("models:/dgm-srv-gan@champion")
+    np.testing.assert_array_equal(pulled.predict(6, seed=2), sample_uint8(model, 6, seed=2))

@@ -202,14 +202,27 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+               labels: torch.Tensor | None = None,
+               latents: torch.Tensor | None = None) -> torch.Tensor:
         """``num_samples`` images in [0, 1], shape (N, C, H, W), on the CPU; conditional
-        models draw images of ``labels`` (default: classes drawn uniformly by ``generator``)."""
+        models draw images of ``labels`` (default: classes drawn uniformly by ``generator``);
+        models with a latent space decode the given ``latents`` (N, latent_dim) instead of
+        drawing them."""
         raise NotImplementedError
 
-    def latents(self, num_samples: int, dim: int, generator: torch.Generator | None):
-        """Standard-normal latents drawn on the CPU (device-independent), moved to the model."""
-        z = torch.randn(num_samples, dim, generator=generator)
+    def latents(self, num_samples: int, dim: int, generator: torch.Generator | None,
+                given: torch.Tensor | None = None):
+        """Standard-normal latents drawn on the CPU (device-independent), moved to the model;
+        ``given`` latents are checked (N, dim), finite, and used instead."""
+        if given is None:
+            z = torch.randn(num_samples, dim, generator=generator)
+        else:
+            z = torch.as_tensor(given, dtype=torch.float32)
+            if tuple(z.shape) != (num_samples, dim):
+                raise DgmError(f"latents must have shape ({num_samples}, {dim}), "
+                               f"got {tuple(z.shape)}")
+            if not torch.isfinite(z).all():
+                raise DgmError("latents must be finite numbers")
         return z.to(self.device)
 
     def sample_labels(self, num_samples: int, generator: torch.Generator | None,

@@ -233,9 +233,11 @@ class DCGAN(GenerativeModel):
 
     # --- inputs of G ---------------------------------------------------------------------
     def generator_input(self, num: int, labels: torch.Tensor | None,
-                        generator: torch.Generator | None = None):
+                        generator: torch.Generator | None = None,
+                        z: torch.Tensor | None = None):
         """(G's input: z, then one-hot class and InfoGAN codes; categorical code; continuous
-        codes), drawn on the CPU when ``generator`` is given (device-independent samples)."""
+        codes), drawn on the CPU when ``generator`` is given (device-independent samples);
+        ``z``: the given latents instead of drawn ones."""
         cfg: GANConfig = self.config
 
         def draw(fn, *shape_args, **kw):
@@ -243,7 +245,8 @@ class DCGAN(GenerativeModel):
                 return fn(*shape_args, device=self.device, **kw)
             return fn(*shape_args, generator=generator, **kw).to(self.device)
 
-        parts = [draw(torch.randn, num, cfg.latent_dim)]
+        parts = [draw(torch.randn, num, cfg.latent_dim) if z is None
+                 else self.latents(num, cfg.latent_dim, None, z)]
         if labels is not None:
             parts.append(one_hot(labels, cfg.num_classes))
         categories = continuous = None
@@ -357,11 +360,12 @@ class DCGAN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+               labels: torch.Tensor | None = None,
+               latents: torch.Tensor | None = None) -> torch.Tensor:
         g = self.sampling_generator()
         with eval_mode(g):
             labels = self.sample_labels(num_samples, generator, labels)
-            z, _, _ = self.generator_input(num_samples, labels, generator)
+            z, _, _ = self.generator_input(num_samples, labels, generator, latents)
             return ((g(z) + 1) / 2).clamp_(0, 1).float().cpu()
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -54,13 +54,17 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 def sample_uint8(model: GenerativeModel, num_samples: int, seed: int,
-                 labels: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+                 labels: np.ndarray | torch.Tensor | None = None,
+                 latents: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
     """``num_samples`` uint8 (N, H, W, C) images, a deterministic function of ``seed`` (and
-    of ``labels``, the classes a conditional model draws)."""
+    of ``labels``, the classes a conditional model draws, and of given ``latents``)."""
     generator = torch.Generator().manual_seed(seed)
     if labels is not None:
-        labels = torch.as_tensor(np.asarray(labels))
-    return to_uint8_images(model.sample(num_samples, generator=generator, labels=labels))
+        labels = torch.as_tensor(np.array(labels))
+    if latents is not None:
+        latents = torch.as_tensor(np.asarray(latents, dtype=np.float32))
+    return to_uint8_images(model.sample(num_samples, generator=generator, labels=labels,
+                                        latents=latents))
 
 
 def balanced_labels(model: GenerativeModel, num_samples: int) -> np.ndarray | None:

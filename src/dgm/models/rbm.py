@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from dgm.errors import DgmError
 from dgm.models.base import (
     GenerativeModel,
     ImageShape,
@@ -197,8 +198,11 @@ class RBM(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+               labels: torch.Tensor | None = None,
+               latents: torch.Tensor | None = None) -> torch.Tensor:
         self.sample_labels(num_samples, generator, labels)  # unconditional: no labels
+        if latents is not None:
+            raise DgmError("the RBM samples by Gibbs chains from noise: it takes no latents")
         rbm = unwrap(self.net)
         start = bernoulli(torch.full((num_samples, rbm.b.numel()), 0.5), generator)
         _, probs = rbm.gibbs(start.to(rbm.W.device), self.config.gibbs_steps, generator)

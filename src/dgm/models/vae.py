@@ -251,10 +251,12 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's mean image for z ~ N(0, I) (pixel probabilities for Bernoulli)."""
+               labels: torch.Tensor | None = None,
+               latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's mean image for z ~ N(0, I) or the given ``latents`` (pixel
+        probabilities for Bernoulli)."""
         net = unwrap(self.net)
-        z = self.latents(num_samples, self.config.latent_dim, generator)
+        z = self.latents(num_samples, self.config.latent_dim, generator, latents)
         labels = self.sample_labels(num_samples, generator, labels)
         with eval_mode(net):
             return torch.sigmoid(net.decode(z, labels)).float().cpu()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import numpy as np
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from dgm.errors import DgmError
 from dgm.paths import project_root
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -32,8 +36,29 @@ def is_sqlite_store(uri: str) -> bool:
     return uri.startswith("sqlite:///")
 
 
+REACH_TIMEOUT_S = 4.0
+
+
+@functools.cache
+def check_reachable(uri: str) -> None:
+    """An HTTP(S) tracking server must answer ``/health`` within ``REACH_TIMEOUT_S``: one
+    line now instead of MLflow's minutes of retries (checked once per process)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as exc:
+        raise DgmError(f"{uri} does not answer as an MLflow tracking server "
+                       f"(HTTP {exc.code} from /health)") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DgmError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+
+
 def client(uri: str | None = None) -> MlflowClient:
     uri = uri or tracking_uri()
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

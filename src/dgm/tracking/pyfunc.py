@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types.schema import Array
 
 MAX_SAMPLES_PER_REQUEST = 100_000
 
@@ -23,12 +24,14 @@ def pyfunc_source() -> str:
 
 def generator_signature(image_shape) -> ModelSignature:
     """Inputs: ``num_samples``, ``seed`` and, for conditional models, ``label`` (columns or
-    params; label −1: classes drawn uniformly); output: (N, H, W, C) uint8."""
+    params; label −1: classes drawn uniformly), or one row per image with its ``latents``
+    vector (and ``label``); output: (N, H, W, C) uint8."""
     channels, height, width = image_shape
     return ModelSignature(
         inputs=Schema([ColSpec("long", "num_samples", required=False),
                        ColSpec("long", "seed", required=False),
-                       ColSpec("long", "label", required=False)]),
+                       ColSpec("long", "label", required=False),
+                       ColSpec(Array("double"), "latents", required=False)]),
         outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, height, width, channels))]),
         params=ParamSchema([ParamSpec("num_samples", "long", 64), ParamSpec("seed", "long", 0),
                             ParamSpec("label", "long", -1)]),
@@ -81,6 +84,27 @@ def request_label(model_input: Any, params: dict | None) -> int | None:
     return int(label)
 
 
+def request_latents(model_input: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Given latents, one row per image: ((N, D) float32, the rows' labels or None); (None,
+    None) when the request has no ``latents`` column."""
+    if not hasattr(model_input, "columns") or "latents" not in model_input.columns:
+        return None, None
+    rows = model_input["latents"].tolist()
+    if not rows or any(r is None for r in rows):
+        raise ValueError("latents: give one latent vector in every row")
+    try:
+        latents = np.asarray([np.asarray(r, dtype=np.float32) for r in rows])
+    except ValueError:
+        raise ValueError("latents: every row needs a vector of the same length") from None
+    if latents.ndim != 2:
+        raise ValueError("latents: every row needs a vector of the same length")
+    labels = None
+    if "label" in model_input.columns and model_input["label"].notna().all():
+        labels = model_input["label"].to_numpy(dtype=np.int64)
+        labels = None if (labels == -1).all() else labels
+    return latents, labels
+
+
 class LoadedGenerator:
     """A registered dgm generator pulled from MLflow: ``predict(num_samples, seed)``."""
 
@@ -92,6 +116,18 @@ class LoadedGenerator:
             raise TypeError("not a dgm generator")
         self.image_shape = tuple(generator.image_shape)
         self.extra = dict(getattr(generator, "extra", {}) or {})
+        self.num_classes = generator.num_classes if generator.conditional else None
+
+    def check_label(self, label: int | None) -> None:
+        """A one-line error unless ``label`` is None or a class of a conditional model."""
+        from dgm.errors import DgmError
+
+        if label is None:
+            return
+        if self.num_classes is None:
+            raise DgmError(f"--label {label}: this generator is not conditional")
+        if not 0 <= label < self.num_classes:
+            raise DgmError(f"--label {label} is outside the classes 0..{self.num_classes - 1}")
 
     def predict(self, num_samples: int, seed: int, label: int | None = None) -> np.ndarray:
         import pandas as pd
@@ -102,8 +138,23 @@ class LoadedGenerator:
         return self._pyfunc.predict(pd.DataFrame(row, dtype="int64"))
 
 
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+
+
+def is_dgm_generator(flavors: dict) -> bool:
+    """Whether an MLmodel's flavors are a dgm generator: our models-from-code file (no
+    pickled Python object) with the ``generator`` weights (loaded ``weights_only``)."""
+    pyfunc = flavors.get("python_function") or {}
+    return (pyfunc.get("loader_module") == CODE_LOADER
+            and Path(str(pyfunc.get("model_code_path", ""))).name == Path(pyfunc_source()).name
+            and "generator" in (pyfunc.get("artifacts") or {}))
+
+
 def load_generator_model(model_uri: str) -> LoadedGenerator:
-    """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``) as a dgm generator."""
+    """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``) as a dgm generator.
+
+    Its MLmodel file is read first: anything but a dgm generator is refused before loading,
+    so no pickled object from elsewhere is ever unpickled here."""
     import mlflow
 
     from dgm.errors import DgmError
@@ -112,6 +163,12 @@ def load_generator_model(model_uri: str) -> LoadedGenerator:
 
     mlflow.set_tracking_uri(tracking_uri())
     resolve_model_uri(model_uri)
+    try:
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+    except Exception as exc:
+        raise DgmError(f"cannot read {model_uri}: {str(exc).splitlines()[0]}") from None
+    if not is_dgm_generator(flavors):
+        raise DgmError(f"{model_uri} is not a dgm generator (refused before loading)")
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:

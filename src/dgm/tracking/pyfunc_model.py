@@ -21,8 +21,11 @@ class GeneratorModel(PythonModel):
 
     def predict(self, context, model_input, params=None):
         from dgm.models.generator import sample_uint8
-        from dgm.tracking.pyfunc import request_args, request_label
+        from dgm.tracking.pyfunc import request_args, request_label, request_latents
 
+        latents, labels = request_latents(model_input)
+        if latents is not None:
+            return sample_uint8(self.generator, len(latents), 0, labels, latents)
         num_samples, seed = request_args(model_input, params)
         label = request_label(model_input, params)
         return sample_uint8(self.generator, num_samples, seed,

@@ -1,4 +1,10 @@
-"""Registering generators and moving the ``champion`` alias by a gating metric."""
+"""Registering generators: the gate between a candidate and the current ``champion``.
+
+Each registration adds a version (none is ever deleted). The candidate takes ``champion`` when
+it beats the incumbent on the gating metric by at least ``min_delta`` (in the metric's
+direction); otherwise it takes ``challenger``. The version's tags record the decision, the
+gating metric, both values and the version it was compared with.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,21 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import mlflow
 from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
 from dgm.tracking.mlflow_runs import client, tracking_uri
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 METRIC_TAG = "dgm.gating_metric"
 VALUE_TAG = "dgm.gating_value"
+MODE_TAG = "dgm.gating_mode"
+MIN_DELTA_TAG = "dgm.gating_min_delta"
+DECISION_TAG = "dgm.decision"
+INCUMBENT_VERSION_TAG = "dgm.incumbent_version"
+INCUMBENT_VALUE_TAG = "dgm.incumbent_value"
 
 
 @dataclass
@@ -51,9 +64,13 @@ def beats(candidate: float, incumbent: float | None, mode: str, min_delta: float
 
 def register_generator(
     model_uri: str, name: str, metric: str, value: float, mode: str = "min",
-    min_delta: float = 0.0, run_id: str | None = None, uri: str | None = None,
+    min_delta: float = 0.0, uri: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Decision:
-    """Register ``model_uri`` as a new version of ``name``; make it ``champion`` if it wins."""
+    """Register ``model_uri`` as a new version of ``name`` (with ``tags``, e.g. lineage);
+    it becomes ``champion`` if it beats the incumbent, else ``challenger``."""
+    if not math.isfinite(value):
+        raise DgmError(f"{name}: the gating metric {metric} is {value}: not registered")
     c = client(uri or tracking_uri())
     try:
         c.get_registered_model(name)
@@ -66,21 +83,26 @@ def register_generator(
     incumbent_value = None
     if incumbent is not None and VALUE_TAG in incumbent.tags:
         incumbent_value = float(incumbent.tags[VALUE_TAG])
-    version = c.create_model_version(
-        name, model_uri, run_id=run_id,
-        tags={METRIC_TAG: metric, VALUE_TAG: repr(float(value))},
-    )
     promoted = beats(value, incumbent_value, mode, min_delta)
+    gate = {METRIC_TAG: metric, VALUE_TAG: repr(float(value)), MODE_TAG: mode,
+            MIN_DELTA_TAG: repr(float(min_delta)),
+            DECISION_TAG: CHAMPION if promoted else CHALLENGER}
+    if incumbent is not None:
+        gate[INCUMBENT_VERSION_TAG] = str(incumbent.version)
+        gate[INCUMBENT_VALUE_TAG] = repr(incumbent_value)
+    # mlflow.register_model resolves a logged model's URI to its source and id (a tracking
+    # server's registry wants both); the tracking URI was set by ``client``.
+    version = mlflow.register_model(model_uri, name, tags={**(tags or {}), **gate})
+    c.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, version.version)
     if promoted:
-        c.set_registered_model_alias(name, CHAMPION, version.version)
         message = (f"{name} v{version.version}: {metric}={value:.4g} is the new {CHAMPION}"
                    + (f" (was v{incumbent.version}, {metric}={incumbent_value:.4g})"
                       if incumbent is not None and incumbent_value is not None else ""))
     else:
         message = (f"{name} v{version.version}: {metric}={value:.4g} does not beat {CHAMPION} "
-                   f"v{incumbent.version} ({metric}={incumbent_value:.4g}); alias unchanged")
-    c.set_model_version_tag(name, version.version, "dgm.decision",
-                            "promoted" if promoted else "kept_incumbent")
+                   f"v{incumbent.version} ({metric}={incumbent_value:.4g}"
+                   f"{f', min_delta {min_delta:g}' if min_delta else ''}): it is the "
+                   f"{CHALLENGER}")
     return Decision(
         name=name, version=str(version.version), metric=metric, value=float(value),
         champion_version=None if incumbent is None else str(incumbent.version),

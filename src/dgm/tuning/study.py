@@ -212,7 +212,10 @@ def make_tuner(trainable, space, cfg: TuneConfig, key: str, storage: str, study:
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=key, mode=cfg.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrency),
+                                    max_concurrent_trials=concurrency,
+                                    # a trial whose function returned hands its actor (MLflow
+                                    # and dgm imported) to the next: ~9 s less per trial here
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=study, storage_path=storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                   callbacks=callbacks),

@@ -1,0 +1,130 @@
+"""The registered generator as a servable pyfunc: latents in, images out, and a real
+``mlflow models serve`` on loopback answering REST generation requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import free_port, wait_for_http
+
+from dgm.errors import DgmError
+from dgm.models.gan import GANConfig
+from dgm.models.generator import sample_uint8, save_generator
+from dgm.models.rbm import RBMConfig
+from dgm.models.registry import build_model
+from dgm.models.vae import VAEConfig
+from dgm.tracking.mlflow_runs import log_generator, start_run
+from dgm.tracking.registry import register_generator
+
+
+def logged(tmp_path: Path, uri: str, config, name: str = "g"):
+    """(model_uri, model) of ``config`` logged as a pyfunc generator for 8×8 images."""
+    model = build_model(config, (1, 8, 8), seed=0)
+    path = save_generator(model, tmp_path / f"{name}.pt", extra={"dataset": "digits"})
+    run_id = start_run("dgm-test", name, {}, {}, uri=uri)
+    return log_generator(run_id, path, (1, 8, 8), uri), model, run_id
+
+
+@pytest.mark.parametrize("config", [GANConfig(width=8, latent_dim=4),
+                                    VAEConfig(latent_dim=4, hidden=[16])])
+def test_given_latents_decode_like_the_model(tmp_path, tracking_uri, config):
+    model_uri, model, _ = logged(tmp_path, tracking_uri, config)
+    z = np.random.default_rng(0).normal(size=(6, 4))
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    images = pyfunc.predict(pd.DataFrame({"latents": list(z)}))
+    assert images.shape == (6, 8, 8, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, sample_uint8(model, 6, 0, latents=z))
+    # the latents the seed would draw give the seeded images: z is the only randomness
+    drawn = torch.randn(6, 4, generator=torch.Generator().manual_seed(3)).numpy()
+    np.testing.assert_array_equal(sample_uint8(model, 6, 3, latents=drawn),
+                                  sample_uint8(model, 6, 3))
+    with pytest.raises(Exception, match=r"latents must have shape \(2, 4\)"):
+        pyfunc.predict(pd.DataFrame({"latents": [[0.0] * 3, [0.0] * 3]}))
+
+
+def test_conditional_latents_take_a_label_per_row(tmp_path, tracking_uri):
+    config = GANConfig(width=8, latent_dim=4, conditional=True)
+    model_uri, model, _ = logged(tmp_path, tracking_uri, config)
+    z = np.random.default_rng(1).normal(size=(4, 4))
+    labels = np.array([0, 3, 3, 9])
+    images = mlflow.pyfunc.load_model(model_uri).predict(
+        pd.DataFrame({"latents": list(z), "label": labels}))
+    np.testing.assert_array_equal(images, sample_uint8(model, 4, 0, labels, z))
+    with pytest.raises(DgmError, match="labels must lie in 0..9"):
+        sample_uint8(model, 1, 0, [10], z[:1])
+
+
+def test_rbm_refuses_latents():
+    model = build_model(RBMConfig(hidden=4, gibbs_steps=2), (1, 2, 2), seed=0)
+    with pytest.raises(DgmError, match="no latents"):
+        sample_uint8(model, 2, 0, latents=np.zeros((2, 4)))
+
+
+def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture()
+def served_champion(tmp_path, tracking_uri):
+    """``mlflow models serve -m models:/dgm-test-cgan@champion`` on 127.0.0.1 (a real
+    process, the local env); yields (invocations URL, the model)."""
+    config = GANConfig(width=8, latent_dim=4, conditional=True)
+    model_uri, model, run_id = logged(tmp_path, tracking_uri, config, "cgan")
+    register_generator(model_uri, "dgm-test-cgan", "fid", 1.0)
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", "models:/dgm-test-cgan@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/ping", server, tmp_path / "serve.log")
+        yield f"{base}/invocations", model
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_rest_generation_from_mlflow_models_serve(served_champion):
+    url, model = served_champion
+    status, body = post(url, {"inputs": {"num_samples": 64, "seed": 3}})
+    assert status == 200, body
+    images = np.asarray(body["predictions"], dtype=np.uint8)
+    assert images.shape == (64, 8, 8, 1)
+    np.testing.assert_array_equal(images, sample_uint8(model, 64, 3))
+    # records with params; a label asks a conditional model for one class
+    status, body = post(url, {"dataframe_records": [{"seed": 3}],
+                              "params": {"num_samples": 64, "label": 7}})
+    assert status == 200, body
+    np.testing.assert_array_equal(np.asarray(body["predictions"], dtype=np.uint8),
+                                  sample_uint8(model, 64, 3, [7] * 64))
+    # given latents: one image per row
+    z = np.random.default_rng(0).normal(size=(3, 4))
+    status, body = post(url, {"dataframe_split": {"columns": ["latents", "label"],
+                                                  "data": [[list(r), 2] for r in z]}})
+    assert status == 200, body
+    np.testing.assert_array_equal(np.asarray(body["predictions"], dtype=np.uint8),
+                                  sample_uint8(model, 3, 0, [2, 2, 2], z))
+    # a label outside the classes is the client's error, with the reason
+    status, body = post(url, {"dataframe_records": [{"num_samples": 2, "label": 10}]})
+    assert status >= 400 and "labels must lie in 0..9" in json.dumps(body)
