@@ -110,7 +110,9 @@ def serve_latency(model_uri: str, uri: str, requests: int, num_samples: int = 64
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri,
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL, stderr=log)
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri,  # uvicorn from this environment
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"inputs": {"num_samples": num_samples, "seed": 0}}).encode()
     try:

@@ -118,7 +118,8 @@ def mlflow_server(directory: Path) -> Iterator[str]:
          "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
          "--artifacts-destination", str(directory / "mlartifacts")],
         cwd=directory, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+        env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", process, log)

@@ -94,7 +94,9 @@ def served_champion(tmp_path, tracking_uri):
         [str(mlflow_cli), "models", "serve", "-m", "models:/dgm-test-cgan@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        # the server execs uvicorn from PATH: this interpreter's environment, activated or not
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
     base = f"http://127.0.0.1:{port}"
     try:

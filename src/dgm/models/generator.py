@@ -61,10 +61,10 @@ def sample_uint8(model: GenerativeModel, num_samples: int, seed: int,
     generator = torch.Generator().manual_seed(seed)
     if labels is not None:
         labels = torch.as_tensor(np.array(labels))
-    if latents is not None:
-        latents = torch.as_tensor(np.asarray(latents, dtype=np.float32))
+    given = {} if latents is None else {
+        "latents": torch.as_tensor(np.asarray(latents, dtype=np.float32))}
     return to_uint8_images(model.sample(num_samples, generator=generator, labels=labels,
-                                        latents=latents))
+                                        **given))
 
 
 def balanced_labels(model: GenerativeModel, num_samples: int) -> np.ndarray | None:
