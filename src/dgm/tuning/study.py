@@ -213,9 +213,10 @@ def make_tuner(trainable, space, cfg: TuneConfig, key: str, storage: str, study:
         tune_config=tune.TuneConfig(metric=key, mode=cfg.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    # a trial whose function returned hands its actor (MLflow
-                                    # and dgm imported) to the next: ~9 s less per trial here
-                                    reuse_actors=True),
+                                    # No actor reuse: Tune (Ray 2.60) errors the next trial
+                                    # when the actor of a trial ASHA stopped is still inside
+                                    # TorchTrainer.fit (its reset times out).
+                                    reuse_actors=False),
         run_config=tune.RunConfig(name=study, storage_path=storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                   callbacks=callbacks),
