@@ -19,12 +19,12 @@ from dgm.tracking.lineage import (
     PREFIX,
     canonical_hash,
     collect_lineage,
-    copy_lineage_to_version,
     dir_md5,
     dvc_key,
     file_md5,
     format_lineage,
     lineage_of,
+    lineage_tags_for_version,
     stage_dependencies,
     tag_run,
 )
@@ -223,10 +223,10 @@ def registered(tracking_uri):
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name = "dgm-digits-gan"
     client.create_registered_model(name)
-    for _ in range(2):
-        client.create_model_version(name, f"runs:/{run_id}/generator", run_id=run_id)
+    client.create_model_version(name, f"runs:/{run_id}/generator", run_id=run_id)
+    client.create_model_version(name, f"runs:/{run_id}/generator", run_id=run_id,
+                                tags=lineage_tags_for_version(run_id, tracking_uri))
     client.set_registered_model_alias(name, "champion", "1")
-    copy_lineage_to_version(name, "2", run_id, tracking_uri)
     client.set_model_version_tag(name, "2", PREFIX + "git_commit", "from-version")
     return name, run_id
 

@@ -184,22 +184,6 @@ def lineage_tags_for_version(run_id: str, uri: str | None = None) -> dict[str, s
     return {**{k: v for k, v in tags.items() if k.startswith(PREFIX)}, PREFIX + "run_id": run_id}
 
 
-def tag_model_version(name: str, version: str | int, tags: Mapping[str, str],
-                      uri: str | None = None) -> None:
-    """Set ``tags`` on version ``version`` of registered model ``name``."""
-    c = client(uri)
-    for key, value in tags.items():
-        c.set_model_version_tag(name, str(version), key, str(value))
-
-
-def copy_lineage_to_version(name: str, version: str | int, run_id: str,
-                            uri: str | None = None) -> dict[str, str]:
-    """Copy run ``run_id``'s lineage onto model version ``name``/``version``; return it."""
-    tags = lineage_tags_for_version(run_id, uri)
-    tag_model_version(name, version, tags, uri)
-    return tags
-
-
 def lineage_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, str]:
     """The ``dgm.lineage.*`` tags of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
     ``models:/NAME`` (latest version) or ``runs:/RUN_ID[/...]``: the model version's tags,
