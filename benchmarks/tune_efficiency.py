@@ -1,14 +1,18 @@
 """ASHA + Optuna against a full grid of the same space and trial budget, in one run (digits).
 
-The space is finite (``--model vae``: 4 learning rates × 3 latent sizes; ``--model gan``:
-4 generator learning rates × 3 losses), so the grid runs every point once, each trial for
-``--epochs`` epochs (FIFO: no early stopping); the ASHA + Optuna (TPE) study runs as many
-trials as the grid has points, over the same space, stopping weak trials from epoch
-``--grace`` on. Both on the same local Ray (1 trial at a time, ``--workers`` Ray Train workers
-per trial), both scored by the pipeline's val metric (``val_nll_nats`` for the VAE,
-``val_fid`` for the GAN; lower is better). Figures: ``time_ratio`` = ASHA study wall time ÷
-grid wall time (goal ≤ 0.35), ``metric_ratio`` = best ASHA score ÷ best grid score (goal
-≤ 1.05: within 5 %), the wall times, trial epochs and best scores.
+The space: ``--model vae`` searches the learning rate (log-uniform over [3e-4, 1e-2]) and the
+latent size (4, 8 or 16); ``--model gan`` the generator's learning rate (log-uniform over
+[5e-5, 3e-3]) and the loss (non-saturating, LSGAN or hinge). The grid runs every point of the
+space's lattice (``--grid-points`` log-spaced learning rates, both ends included, × every
+choice) once, each trial for ``--epochs`` epochs (FIFO: no early stopping); the ASHA + Optuna
+(TPE) study runs as many trials as the grid has points, over the continuous space, stopping
+weak trials from epoch ``--grace`` on. Both on the same local Ray (1 trial at a time,
+``--workers`` Ray Train workers per trial; trial actors reused), both scored by the
+pipeline's val metric (``val_nll_nats`` for the VAE, ``val_fid`` for the GAN; lower is
+better). Figures: ``time_ratio`` = ASHA study wall time ÷ grid wall time (goal ≤ 0.35),
+``metric_ratio`` = best ASHA score ÷ best grid score (goal ≤ 1.05: within 5 %), the wall
+times, trial epochs, best scores, and the two studies solved for the cost of one trial's
+start-up and of one epoch (``wall = trials × startup_s + trial epochs × epoch_s``).
 """
 
 from __future__ import annotations
@@ -22,17 +26,30 @@ from _common import emit, parser
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = {
-    "vae": {"lr": {"choice": [0.0003, 0.001, 0.003, 0.01]},
-            "latent_dim": {"choice": [4, 8, 16]}},
-    "gan": {"lr_g": {"choice": [0.00005, 0.0002, 0.0008, 0.003]},
+    "vae": {"lr": {"loguniform": [3e-4, 1e-2]}, "latent_dim": {"choice": [4, 8, 16]}},
+    "gan": {"lr_g": {"loguniform": [5e-5, 3e-3]},
             "loss": {"choice": ["nonsaturating", "lsgan", "hinge"]}},
 }
+
+
+def lattice(space: dict, points: int) -> dict:
+    """The grid's version of ``space``: each log-uniform range as ``points`` log-spaced
+    values (both ends included), choices as they are."""
+    import numpy as np
+
+    return {name: ({"choice": [float(f"{v:.3g}") for v in np.geomspace(*dim["loguniform"],
+                                                                       points)]}
+                   if "loguniform" in dim else dim)
+            for name, dim in space.items()}
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--model", choices=sorted(SPACES), default="vae")
     p.add_argument("--epochs", type=int, default=27, help="per trial (ASHA's max_t)")
+    p.add_argument("--grid-points", type=int, default=4,
+                   help="log-spaced learning rates of the grid")
+    p.add_argument("--width", type=int, help="the model's width (default: configs/params.yaml)")
     p.add_argument("--grace", type=int, default=1)
     p.add_argument("--reduction-factor", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -60,8 +77,10 @@ def main() -> None:
     space, model = SPACES[args.model], args.model
     ray.init(address="local", num_cpus=2, logging_level="WARNING")  # with the dashboard
 
-    def study(searcher: str, scheduler: str, samples: int) -> tuple[float, dict]:
+    def study(searcher: str, scheduler: str, samples: int, space: dict) -> tuple[float, dict]:
         raw = base.model_dump(by_alias=True)
+        if args.width:
+            raw["models"][model]["width"] = args.width
         raw["train"].update({"batch_size": args.batch_size, "sample_every": 10_000})
         raw["tune"] = {
             "models": [model], "searcher": searcher, "scheduler": scheduler,
@@ -74,13 +93,15 @@ def main() -> None:
         record = tune(params, model, root=root)
         return time.perf_counter() - started, record
 
+    grid_space = lattice(space, args.grid_points)
     points = len(grid_points(Params.model_validate(
-        {"models": {model: {}}, "tune": {"models": [model], "space": {model: space}}}
+        {"models": {model: {}}, "tune": {"models": [model], "space": {model: grid_space}}}
     ).search_space(model)))
-    grid_s, grid = study("grid", "fifo", 1)
+    grid_s, grid = study("grid", "fifo", 1, grid_space)
     grid_epochs = _epochs(lay.tune_dir(model))
-    asha_s, asha = study("optuna", "asha", points)
+    asha_s, asha = study("optuna", "asha", points, space)
     asha_epochs = _epochs(lay.tune_dir(model))
+    epoch_s = (grid_s - asha_s) / max(grid_epochs - asha_epochs, 1)
     emit({
         "dataset": "digits", "model": model, "metric": grid["metric"], "trials": points,
         "epochs_per_trial": args.epochs,
@@ -89,6 +110,11 @@ def main() -> None:
         "grid_best": round(grid["score"], 4), "asha_best": round(asha["score"], 4),
         "metric_ratio": round(asha["score"] / grid["score"], 4),
         "grid_trial_epochs": grid_epochs, "asha_trial_epochs": asha_epochs,
+        "epoch_fraction": round(asha_epochs / grid_epochs, 3),
+        "width": args.width or base.model(model).width,
+        "reduction_factor": args.reduction_factor, "grace": args.grace,
+        "epoch_s": round(epoch_s, 3),
+        "startup_s_per_trial": round((grid_s - grid_epochs * epoch_s) / points, 2),
         "grid_best_params": str(grid["params"]), "asha_best_params": str(asha["params"]),
     }, args.json)
 

@@ -106,30 +106,41 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 
 @contextmanager
-def mlflow_server(directory: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store and a local
-    artifact destination under ``directory``, artifacts proxied over HTTP. Yields its URI."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = directory / "server.log"
+def server_process(command: list[str], ready_url: str, log: Path, env: dict[str, str],
+                   cwd: Path | None = None) -> Iterator[None]:
+    """Run the server ``command`` for the block, entered once ``ready_url`` answers 200.
+
+    Its executables (``uvicorn`` for MLflow) come from this interpreter's environment,
+    activated or not; the log goes to ``log``."""
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-         "--artifacts-destination", str(directory / "mlartifacts")],
-        cwd=directory, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-        env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
-    uri = f"http://127.0.0.1:{port}"
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                            f"{os.environ.get('PATH', '')}"})
     try:
-        wait_for_http(f"{uri}/health", process, log)
-        yield uri
+        wait_for_http(ready_url, process, log)
+        yield
     finally:
         process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def mlflow_server(directory: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store and a local
+    artifact destination under ``directory``, artifacts proxied over HTTP. Yields its URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+               "--artifacts-destination", str(directory / "mlartifacts")]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with server_process(command, f"{uri}/health", directory / "server.log", env, directory):
+        yield uri
 
 
 @pytest.fixture(scope="module")

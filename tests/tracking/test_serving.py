@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, wait_for_http
+from conftest import free_port, server_process
 
 from dgm.errors import DgmError
 from dgm.models.gan import GANConfig
@@ -89,22 +88,13 @@ def served_champion(tmp_path, tracking_uri):
     model_uri, model, run_id = logged(tmp_path, tracking_uri, config, "cgan")
     register_generator(model_uri, "dgm-test-cgan", "fid", 1.0)
     port = free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", "models:/dgm-test-cgan@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        # the server execs uvicorn from PATH: this interpreter's environment, activated or not
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/ping", server, tmp_path / "serve.log")
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+               "-m", "models:/dgm-test-cgan@champion", "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_process(command, f"{base}/ping", tmp_path / "serve.log",
+                        {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}):
         yield f"{base}/invocations", model
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_rest_generation_from_mlflow_models_serve(served_champion):

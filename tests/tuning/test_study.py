@@ -61,6 +61,9 @@ def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_pr
     assert len(children) == 4
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
     assert [c.data.tags.get("dgm.best_trial") for c in children].count("true") == 1
+    # One trial at a time: every trial ran in the first trial's actor (a stopped trial ended
+    # its Train run, so Tune could reuse the actor instead of starting a new one).
+    assert len({c.data.tags["dgm.trial_process"] for c in children}) == 1
     best_child = client.get_run(best["run_id"])
     assert best_child.data.params["trial.loss"] == best["params"]["loss"]
     # Curves: one row per reported epoch, the same values the child run logged.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,20 +99,59 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
         job["experiment"], job["parent_run_id"], f"{job['study']}-{trial_id}",
         {TRIAL_TAG: trial_id}, {"trial": config, "model": model_cfg.model_dump(),
                                 "train": train_cfg.model_dump()},
-        {"dgm.stage": "tune-trial", "dgm.node_id": node_id, "dgm.study": job["study"]},
+        {"dgm.stage": "tune-trial", "dgm.node_id": node_id, "dgm.study": job["study"],
+         "dgm.trial_process": str(os.getpid())},
         job["tracking_uri"])
     worker_job = build_job(Path(job["dataset_dir"]), model_cfg, train_cfg, run_id,
                            job["tracking_uri"], job["validation"])
     use_gpu = decide_use_gpu(train_cfg.use_gpu, train_cfg.num_workers)
+    report = TuneReportCallback()
     trainer = make_trainer(worker_job, train_cfg, job["train_storage"], trial_id, use_gpu,
-                           callbacks=[TuneReportCallback()])
+                           callbacks=[report])
     os.environ.update(controller_environment(train_cfg))
+    stopped = abort_train_run_when_stopped(report)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        if stopped.is_set():  # the scheduler stopped the trial: the driver ends its run
+            return
         RunLogger(run_id, job["tracking_uri"]).end("FAILED", root_cause(exc))
         raise
     RunLogger(run_id, job["tracking_uri"]).end("FINISHED")
+
+
+# Seconds Tune waits for a stopped trial's function to return before it reuses the trial's
+# actor for the next trial (Ray's default of 2 s is shorter than a Train run's shutdown).
+TRIAL_RESET_TIMEOUT_S = 60
+
+
+def abort_train_run_when_stopped(report) -> threading.Event:
+    """End this trial's Ray Train run as soon as Tune stops the trial; the returned event
+    is set once that happened.
+
+    A trial stopped by ASHA is still inside ``TorchTrainer.fit``: its controller blocks on
+    the report queue that nobody reads any more. Tune signals the stop through the trial
+    session's stop event (before reusing the actor, or before killing it); this watcher then
+    removes the report queue, the controller's next report fails, and the controller shuts
+    its workers down and returns, so ``fit`` raises and the actor is free for the next trial.
+    """
+    from ray.train._internal.session import get_session
+
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(TRIAL_RESET_TIMEOUT_S)
+    stop = get_session().stop_event
+    queue = report._training_actor_item_queue
+    stopped = threading.Event()
+
+    def watch() -> None:
+        stop.wait()
+        stopped.set()
+        try:
+            ray.kill(queue.actor)
+        except Exception:  # noqa: BLE001 - the queue is already gone with its trial
+            pass
+
+    threading.Thread(target=watch, name="dgm-trial-stop", daemon=True).start()
+    return stopped
 
 
 def ending(epoch: int | None, job: dict[str, Any]) -> tuple[str, str | None]:
@@ -213,10 +253,10 @@ def make_tuner(trainable, space, cfg: TuneConfig, key: str, storage: str, study:
         tune_config=tune.TuneConfig(metric=key, mode=cfg.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    # No actor reuse: Tune (Ray 2.60) errors the next trial
-                                    # when the actor of a trial ASHA stopped is still inside
-                                    # TorchTrainer.fit (its reset times out).
-                                    reuse_actors=False),
+                                    # A trial's actor serves the next trial: a stopped
+                                    # trial ends its Train run first (see
+                                    # abort_train_run_when_stopped).
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=study, storage_path=storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                   callbacks=callbacks),
