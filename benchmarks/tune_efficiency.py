@@ -82,7 +82,7 @@ def main() -> None:
     space, model = SPACES[args.model], args.model
     ray.init(address="local", num_cpus=2, logging_level="WARNING")  # with the dashboard
 
-    def study(searcher: str, scheduler: str, samples: int, space: dict) -> tuple[float, dict]:
+    def study(searcher: str, scheduler: str, samples: int, searched: dict) -> tuple[float, dict]:
         raw = base.model_dump(by_alias=True)
         if args.width:
             raw["models"][model]["width"] = args.width
@@ -92,7 +92,7 @@ def main() -> None:
             "num_samples": samples, "epochs": args.epochs, "grace_period": args.grace,
             "reduction_factor": args.reduction_factor, "num_workers": args.workers,
             "cpus_per_worker": 1.0 / args.workers,  # the trial's driver 1 CPU + 1 CPU
-            "trial_cpus": 1, "eval_samples": args.eval_samples, "space": {model: space}}
+            "trial_cpus": 1, "eval_samples": args.eval_samples, "space": {model: searched}}
         params = Params.model_validate(raw)
         started = time.perf_counter()
         record = tune(params, model, root=root)
