@@ -54,7 +54,9 @@ def evaluator(dataset: str, cache: Path):
     into ``cache/project-<dataset>`` and reused: (the Evaluator, the prepared dataset dir)."""
     from dgm.config import load_params
     from dgm.evaluation.scoring import Evaluator
-    from dgm.workflow import layout, prepare, train_evaluator
+    from dgm.stages.evaluator import run as train_evaluator
+    from dgm.stages.layout import layout
+    from dgm.stages.prepare import run as prepare
 
     if mirror() is not None:
         os.environ.setdefault("DGM_DATA_DIR", str(mirror()))

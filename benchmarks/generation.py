@@ -33,7 +33,8 @@ MODEL_NAME = "dgm-mnist-gan"
 
 def register(work: Path, width: int) -> tuple[str, object]:
     """A random DCGAN registered as ``models:/dgm-mnist-gan@champion``; (uri, the model)."""
-    from dgm.tracking.mlflow_runs import log_generator, start_run, tracking_uri
+    from dgm.tracking.mlflow_runs import start_run, tracking_uri
+    from dgm.tracking.pyfunc import log_generator
     from dgm.tracking.registry import register_generator
 
     model = build_model(GANConfig(width=width), (1, 28, 28), seed=0).eval()
@@ -83,7 +84,7 @@ def peak_rss(model_uri: str, work: Path, num_samples: int, batch_size: int) -> d
 def workers_speed(model_uri: str, work: Path, num_samples: int, batch_size: int,
                   shard_size: int) -> dict:
     """Samples/s with 2 Ray actors (Ray started outside the timing)."""
-    from dgm.training.ray_train import ensure_ray
+    from dgm.cluster import ensure_ray
 
     ensure_ray()
     result = generate(model_uri, num_samples, work / "workers.parquet", seed=0,

@@ -17,12 +17,13 @@ import torch
 from _common import emit, mirror, parser
 from torch.utils.data import DataLoader
 
-from dgm.config import TrainConfig, load_params
+from dgm.config import load_params
 from dgm.data.loading import load_split_tensors
 from dgm.data.parquet import write_dataset
 from dgm.data.sources import load_raw
 from dgm.models.registry import build_model
 from dgm.training import ray_train
+from dgm.training.config import TrainConfig
 from dgm.training.loop import train_epochs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -66,8 +66,11 @@ def main() -> None:
     import ray
 
     from dgm.config import Params, load_params
+    from dgm.stages.evaluator import run as train_evaluator
+    from dgm.stages.layout import layout
+    from dgm.stages.prepare import run as prepare
+    from dgm.stages.tune import run as tune
     from dgm.tuning.space import grid_points
-    from dgm.workflow import layout, prepare, train_evaluator, tune
 
     base = load_params(REPO / "configs" / "params.yaml")
     base.data.name = "digits"

@@ -1,5 +1,6 @@
 """DVC stage `evaluator`: train the domain classifier that judges every model."""
 
-from dgm.cli import main
+from dgm.stages.entry import run_stage
+from dgm.stages.evaluator import run
 
-main(["evaluator", "--params", "configs/params.yaml"])
+run_stage(run)

@@ -1,5 +1,6 @@
 """DVC stage `prepare`: raw dataset (data.name) → Parquet shards."""
 
-from dgm.cli import main
+from dgm.stages.entry import run_stage
+from dgm.stages.prepare import run
 
-main(["prepare", "--params", "configs/params.yaml"])
+run_stage(run)

@@ -1,5 +1,6 @@
 """DVC stage `report`: markdown table comparing the evaluated models of the dataset."""
 
-from dgm.cli import main
+from dgm.stages.entry import run_stage
+from dgm.stages.report import run
 
-main(["evaluate", "--report", "--params", "configs/params.yaml"])
+run_stage(run)

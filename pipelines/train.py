@@ -2,6 +2,7 @@
 
 import sys
 
-from dgm.cli import main
+from dgm.stages.entry import run_stage
+from dgm.stages.train import run
 
-main(["train", "--model", sys.argv[1], "--params", "configs/params.yaml"])
+run_stage(run, sys.argv[1])

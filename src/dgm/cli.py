@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from dgm.errors import DgmError
+from dgm.stages.entry import fail, guarded, quiet_libraries
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Deep generative models: prepare, tune, train, evaluate, register, "
@@ -41,7 +38,7 @@ def _params(path: Path | None, dataset: str | None = None):
 @data_app.command("init")
 def data_init() -> None:
     """Materialise data/ (tracked by data.dvc) from the embedded dataset, offline."""
-    from dgm.workflow import init_raw_data
+    from dgm.stages.prepare import init_raw_data
 
     print(f"raw data ready in {init_raw_data()}")
 
@@ -50,17 +47,17 @@ def data_init() -> None:
 def prepare(params: Path = PARAMS, dataset: str = typer.Option(None, help="Override data.name."),
             out: Path = typer.Option(None, help="Output directory.")) -> None:
     """Turn a raw dataset into Parquet shards <out>/<split>/part-*.parquet."""
-    from dgm.workflow import prepare as run
+    from dgm.stages import prepare as stage
 
-    run(_params(params, dataset), out=out)
+    stage.run(_params(params, dataset), out=out)
 
 
 @app.command()
 def evaluator(params: Path = PARAMS) -> None:
     """Train the evaluator classifier on the real train split."""
-    from dgm.workflow import train_evaluator
+    from dgm.stages import evaluator as stage
 
-    train_evaluator(_params(params))
+    stage.run(_params(params))
 
 
 @app.command()
@@ -69,9 +66,9 @@ def train(model: str = typer.Option(..., help="A key of `models` in the params f
           run_name: str = typer.Option(None, help="Ray Train run name (default: timestamped)."),
           resume: bool = typer.Option(False, help="Continue the latest (or named) run.")) -> None:
     """Train a model with Ray Train, track it in MLflow."""
-    from dgm.workflow import train as run
+    from dgm.stages import train as stage
 
-    run(_params(params), model, run_name=run_name, resume=resume)
+    stage.run(_params(params), model, run_name=run_name, resume=resume)
 
 
 @app.command()
@@ -80,9 +77,9 @@ def tune(model: str = typer.Option(..., help="A key of `models` in the params fi
          resume: bool = typer.Option(False, help="Continue the interrupted study: finished "
                                      "trials are kept, the others run (Tuner.restore).")) -> None:
     """Search the model's hyperparameters with Ray Tune (ASHA + Optuna); write the best."""
-    from dgm.workflow import tune as run
+    from dgm.stages import tune as stage
 
-    run(_params(params), model, resume=resume)
+    stage.run(_params(params), model, resume=resume)
 
 
 @app.command()
@@ -100,44 +97,37 @@ def evaluate(
     report: bool = typer.Option(False, "--report", help="Markdown table of evaluated models."),
 ) -> None:
     """Score generated images with the evaluator's metrics."""
-    from dgm import workflow
+    from dgm.stages import evaluate as stage
+    from dgm.stages import report as report_stage
 
     p = _params(params, dataset)
     if report:
         if samples is not None or model is not None:
             raise DgmError("--report compares evaluated models: give it without --samples/--model")
-        workflow.report(p, output=output)
+        report_stage.run(p, output=output)
         return
     if samples is None:
         if model is None:
             raise DgmError("give --model (a pipeline model), --samples PATH or --report")
-        workflow.evaluate(p, model)
+        stage.run(p, model)
         return
-    from dgm.evaluation.scoring import Evaluator, load_samples
-
-    lay = workflow.layout(p)
-    scorer = Evaluator.open(evaluator or lay.evaluator_dir, lay.data_dir)
-    if dataset is not None and scorer.meta.name != dataset:
-        raise DgmError(f"the evaluator judges {scorer.meta.name}, not {dataset}")
-    names = p.evaluate.metrics
+    names = None
     if metrics is not None:
         names = [m.strip() for m in metrics.split(",") if m.strip()]
         if not names:
             raise DgmError("--metrics: list at least one metric name")
-    images = load_samples(samples, scorer.meta)
-    result = scorer.score(images, names, p.evaluate.metric_options)
-    if output is not None:
-        workflow.write_json(result.metrics, output)
-    print(" ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+    values = stage.score_samples(p, samples, evaluator=evaluator, metrics=names, output=output,
+                                 dataset=dataset)
+    print(" ".join(f"{k}={v:.4g}" for k, v in values.items()))
 
 
 @app.command()
 def register(model: str = typer.Option(..., help="A key of `models` in the params file."),
              params: Path = PARAMS) -> None:
     """Register the trained generator; move `champion` if it beats the incumbent."""
-    from dgm.workflow import register as run
+    from dgm.stages import register as stage
 
-    run(_params(params), model)
+    stage.run(_params(params), model)
 
 
 @app.command()
@@ -156,11 +146,11 @@ def generate(
 ) -> None:
     """Generate images from a registered generator into Parquet shards."""
     from dgm.generation.batch import generate as run
+    from dgm.stages.generate import summary
 
     result = run(model_uri, num_samples, output, seed, batch_size, shard_size=shard_size,
                  workers=workers, label=label)
-    print(f"wrote {result.num_samples} samples ({result.shards} shard(s)) to {result.output} "
-          f"({result.samples_per_s:,.0f} samples/s; grid: {result.grid})")
+    print(summary(result))
 
 
 @app.command()
@@ -187,34 +177,16 @@ def lineage(
         print(lin.format_lineage(tags))
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f"dgm: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; turn user errors into one line on stderr and exit status 2."""
-    try:
-        return fn(*args, **kwargs)
-    except DgmError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dgm`` console script."""
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # MLflow draws a progress bar on stderr for every model it pulls: noise before a result
-    # and, on an error, a second line beside the one-line message.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_libraries()
     try:
         result = guarded(app, args=argv, standalone_mode=False)
     except typer.Abort:
-        _fail("aborted", 130)
+        fail("aborted", 130)
     except typer.TyperException as exc:  # usage errors (typer vendors click)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        _fail(message, getattr(exc, "exit_code", 2))
+        fail(message, getattr(exc, "exit_code", 2))
     if isinstance(result, int) and result:
         sys.exit(result)
 

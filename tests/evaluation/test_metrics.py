@@ -15,6 +15,7 @@ from scipy import linalg
 
 from dgm.errors import DgmError
 from dgm.evaluation.metrics import (
+    DIRECTIONS,
     METRICS,
     FeatureSet,
     MetricOptions,
@@ -600,12 +601,13 @@ def counting_metric():
         calls.append(options)
         return {"test_a": 1.0, "test_b": 2.0}
 
-    register_metric("test_a", "test_b")(fn)
+    register_metric("test_a", "test_b", lower_is_better=True)(fn)
     try:
         yield calls
     finally:
         for name in ("test_a", "test_b"):
             METRICS.pop(name, None)
+            DIRECTIONS.pop(name, None)
 
 
 def test_compute_calls_a_multi_name_metric_once(counting_metric):
@@ -623,11 +625,12 @@ def test_compute_float_metric_is_reported_under_the_asked_name():
     def fn(real, gen, options):
         return 3
 
-    register_metric("test_float")(fn)
+    register_metric("test_float", lower_is_better=False)(fn)
     try:
         values = compute(["test_float"], FeatureSet(np.zeros((2, 1))), FeatureSet(np.zeros((2, 1))))
     finally:
         METRICS.pop("test_float", None)
+        DIRECTIONS.pop("test_float", None)
     assert values == {"test_float": 3.0} and isinstance(values["test_float"], float)
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dgm.evaluation.metrics import METRICS, register_metric
-from dgm.evaluation.report import LOWER_IS_BETTER, markdown_table
+from dgm.evaluation.metrics import (
+    DIRECTIONS,
+    METRICS,
+    lower_is_better,
+    metric_mode,
+    register_metric,
+)
+from dgm.evaluation.report import markdown_table
 
 
 def parse(table: str) -> tuple[list[str], list[str], list[list[str]]]:
@@ -39,9 +45,9 @@ def test_every_registered_metric_has_an_arrow_matching_its_direction():
     header, _, _ = parse(markdown_table(rows))
     assert len(header) == 1 + len(METRICS)
     for name, cell in zip(METRICS, header[1:], strict=True):
-        arrow = "↓" if name in LOWER_IS_BETTER else "↑"
+        arrow = "↓" if lower_is_better(name) else "↑"
         assert cell == f"{name} {arrow}"
-    lower = {name for name in METRICS if name in LOWER_IS_BETTER}
+    lower = {name for name in METRICS if lower_is_better(name)}
     assert lower == {"fid", "kid", "kid_std", "class_kl", "mode_kl", "swd", "swd_pixel",
                      "memorization"}
     higher = set(METRICS) - lower
@@ -97,10 +103,20 @@ def test_newly_registered_metric_is_ordered_and_gets_an_arrow():
     def fn(real, gen, options):
         return 0.0
 
-    register_metric("test_report_metric")(fn)
+    register_metric("test_report_metric", lower_is_better=True)(fn)
     try:
         header, _, _ = parse(markdown_table({"m": {"test_report_metric": 1.0,
                                                    "aaa_unknown": 2.0}}))
     finally:
         METRICS.pop("test_report_metric", None)
-    assert header == ["model", "test_report_metric ↑", "aaa_unknown"]
+        DIRECTIONS.pop("test_report_metric", None)
+    assert header == ["model", "test_report_metric ↓", "aaa_unknown"]
+
+
+def test_likelihood_keys_carry_their_direction_and_modes_follow_it():
+    header, _, _ = parse(markdown_table({"m": {"nll_nats": 80.0, "label_accuracy": 0.9}}))
+    assert header == ["model", "label_accuracy", "nll_nats ↓"]  # unregistered keys: sorted
+    assert metric_mode("fid") == "min" and metric_mode("nll_nats") == "min"
+    assert metric_mode("recall") == "max" and metric_mode("coverage") == "max"
+    assert metric_mode("label_accuracy") == "min"  # unknown direction: the default
+    assert metric_mode("label_accuracy", default="max") == "max"

@@ -166,8 +166,6 @@ def test_load_samples_plain_parquet(tmp_path):
 
 
 # --- score_images --------------------------------------------------------------------------
-# An untrained evaluator has dead ReLU units: singular feature covariances are expected here.
-pytestmark_singular = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 
 @pytest.fixture(scope="module")
 def evaluator_dir(tmp_path_factory):
@@ -178,7 +176,6 @@ def evaluator_dir(tmp_path_factory):
     return out
 
 
-@pytestmark_singular
 def test_score_train_split_against_itself(digits_dir, evaluator_dir):
     images = read_split(digits_dir, "train").images
     result = score_images(images, digits_dir, evaluator_dir, options=FAST)
@@ -194,7 +191,6 @@ def test_score_train_split_against_itself(digits_dir, evaluator_dir):
     assert result.class_names == tuple(str(i) for i in range(10))
 
 
-@pytestmark_singular
 def test_score_worse_images_score_worse(digits_dir, evaluator_dir):
     real = read_split(digits_dir, "test").images
     noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
@@ -439,7 +435,6 @@ def test_featurize_divides_by_feature_scale(evaluator_dir, digits_dir):
         assert gen.pixels.min() >= 0 and gen.pixels.max() <= 1
 
 
-@pytestmark_singular
 def test_evaluator_score_uses_its_reference(digits_dir, evaluator_dir):
     evaluator = Evaluator.open(evaluator_dir, digits_dir)
     test_images = read_split(digits_dir, "test").images

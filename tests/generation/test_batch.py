@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import environment
 from PIL import Image
 
 from dgm.cli import main
@@ -15,19 +16,40 @@ from dgm.generation.batch import generate, shard_counts, shard_name
 from dgm.models.generator import save_generator
 from dgm.models.registry import build_model
 from dgm.models.vae import VAEConfig
-from dgm.tracking.mlflow_runs import log_generator, start_run
+from dgm.tracking.mlflow_runs import start_run
+from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.registry import register_generator
 
 
-@pytest.fixture()
-def champion(tmp_path, tracking_uri):
-    model = build_model(VAEConfig(width=8, latent_dim=4), (1, 8, 8), seed=0)
-    path = save_generator(model, tmp_path / "generator.pt",
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module's champions (the tests only read them), exported as
+    MLFLOW_TRACKING_URI while the module runs."""
+    directory = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    with environment(MLFLOW_TRACKING_URI=uri):
+        yield directory, uri
+
+
+def register(store, name: str, conditional: bool) -> str:
+    directory, uri = store
+    model = build_model(VAEConfig(width=8, latent_dim=4, conditional=conditional), (1, 8, 8),
+                        seed=0)
+    path = save_generator(model, directory / f"{name}.pt",
                           extra={"dataset": "digits", "class_names": list("0123456789")})
-    run_id = start_run("dgm-test", "unit", {}, {}, uri=tracking_uri)
-    uri = log_generator(run_id, path, (1, 8, 8), tracking_uri)
-    register_generator(uri, "dgm-digits-vae", "fid", 1.0)
-    return "models:/dgm-digits-vae@champion"
+    run_id = start_run("dgm-test", name, {}, {}, uri=uri)
+    register_generator(log_generator(run_id, path, (1, 8, 8), uri), name, "fid", 1.0)
+    return f"models:/{name}@champion"
+
+
+@pytest.fixture(scope="module")
+def champion(store):
+    return register(store, "dgm-digits-vae", conditional=False)
+
+
+@pytest.fixture(scope="module")
+def conditional_champion(store):
+    return register(store, "dgm-digits-cvae", conditional=True)
 
 
 def images(path) -> list[bytes]:
@@ -112,7 +134,7 @@ def test_workers_give_the_same_images(champion, tmp_path, ray_session):
     (["--shard-size", "-1"], "--shard-size must be positive"),
     (["--workers", "0"], "--workers must be positive"),
     (["--output", "x.csv"], "--output must end in .parquet"),
-    (["--workers", "3"], "--workers 3: the Ray cluster has only 2 CPUs"),
+    (["--workers", "3"], "--workers 3: 3 CPUs needed, but the Ray cluster has 2"),
     (["--model-uri", "models:/dgm-digits-gan@champion"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tracking_uri, tmp_path, capsys, request, args,
@@ -148,17 +170,6 @@ def test_a_remote_dgm_error_comes_back_as_one_line(ray_session):
         ray_session.get(fail.remote())
     assert type(exc.value) is DgmError and str(exc.value) == (
         "models:/x@champion is not a dgm generator")
-
-
-@pytest.fixture()
-def conditional_champion(tmp_path, tracking_uri):
-    model = build_model(VAEConfig(width=8, latent_dim=4, conditional=True), (1, 8, 8), seed=0)
-    path = save_generator(model, tmp_path / "cgenerator.pt",
-                          extra={"dataset": "digits", "class_names": list("0123456789")})
-    run_id = start_run("dgm-test", "cond", {}, {}, uri=tracking_uri)
-    register_generator(log_generator(run_id, path, (1, 8, 8), tracking_uri), "dgm-digits-cvae",
-                       "fid", 1.0)
-    return "models:/dgm-digits-cvae@champion"
 
 
 def test_a_label_asks_a_conditional_model_for_one_class(conditional_champion, tmp_path):

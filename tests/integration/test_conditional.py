@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dgm.data.loading import load_split_tensors, to_float_tensor
-from dgm.evaluation.classifier import accuracy, extract, train_classifier
+from dgm.evaluation.classifier import accuracy, extract, load_classifier
 from dgm.models.gan import DCGAN, GANConfig
 from dgm.models.generator import balanced_labels, sample_uint8
 from dgm.models.vae import VAE, VAEConfig
@@ -19,11 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def digits_classifier(digits_dir):
-    train = load_split_tensors(digits_dir, "train")
-    val = load_split_tensors(digits_dir, "val")
-    model, _ = train_classifier(train, val, (1, 8, 8), 10, epochs=15, batch_size=32, lr=3e-3,
-                                weight_decay=1e-4, patience=15, seed=0, log=None)
+def digits_classifier(digits_dir, digits_evaluator):
+    """The session's evaluator (the `evaluator` stage on digits), checked to be good."""
+    model = load_classifier(digits_evaluator[0] / "classifier.pt")
     assert accuracy(model, load_split_tensors(digits_dir, "test")) > 0.93
     return model
 

@@ -19,7 +19,9 @@ from dgm.evaluation.classifier import StackedClassifier, load_classifier
 from dgm.evaluation.metrics import MetricOptions, compute
 from dgm.evaluation.reference import build_reference
 from dgm.evaluation.scoring import Evaluator
-from dgm.workflow import layout, prepare, train_evaluator
+from dgm.stages.evaluator import run as train_evaluator
+from dgm.stages.layout import layout
+from dgm.stages.prepare import run as prepare
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.mnist]

@@ -1,5 +1,5 @@
 """Lineage tags: collected in a real git repo with a hand-written dvc.lock, written to and read
-back from a real SQLite MLflow store, printed by `dgm lineage`, set by `workflow.train`."""
+back from a real SQLite MLflow store, printed by `dgm lineage`, set by the train stage."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from dgm.config import load_params
 from dgm.errors import DgmError
+from dgm.stages import train as train_stage
+from dgm.stages.layout import layout
 from dgm.tracking.lineage import (
     PREFIX,
     canonical_hash,
-    collect_lineage,
     dir_md5,
     dvc_key,
     file_md5,
@@ -85,6 +86,11 @@ def project(tmp_path, digits_dir, monkeypatch) -> Path:
     git(root, "add", ".")
     git(root, "commit", "-q", "-m", "init")
     return root
+
+
+def collect_lineage(params, model: str, root: Path) -> dict[str, str]:
+    """The train stage's lineage of ``model`` (its tuned config) in project ``root``."""
+    return train_stage.lineage(params, model, layout(params, root))
 
 
 def lineage(root: Path) -> dict[str, str]:
@@ -278,7 +284,6 @@ def test_cli_prints_the_lineage_and_fails_cleanly(registered, tracking_uri, caps
 
 
 def test_train_tags_its_mlflow_run(project, tracking_uri, monkeypatch):
-    from dgm import workflow
     from dgm.training import ray_train
 
     def stop(**_):
@@ -288,7 +293,7 @@ def test_train_tags_its_mlflow_run(project, tracking_uri, monkeypatch):
     monkeypatch.setenv("DVC_STAGE", "train@gan")
     params = load_params(project / "configs" / "params.yaml")
     with pytest.raises(RuntimeError, match="stop before training"):
-        workflow.train(params, "gan", root=project, run_name="digits-gan-unit")
+        train_stage.run(params, "gan", root=project, run_name="digits-gan-unit")
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dgm-digits").experiment_id])
     assert run.info.status == "FAILED"

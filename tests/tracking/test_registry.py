@@ -12,8 +12,8 @@ from dgm.errors import DgmError
 from dgm.models.gan import GANConfig
 from dgm.models.generator import sample_uint8, save_generator
 from dgm.models.registry import build_model
-from dgm.tracking.mlflow_runs import flatten, log_generator, start_run
-from dgm.tracking.pyfunc import load_generator_model, request_args, request_label
+from dgm.tracking.mlflow_runs import flatten, start_run
+from dgm.tracking.pyfunc import load_generator_model, log_generator, request_args, request_label
 from dgm.tracking.registry import CHALLENGER, CHAMPION, beats, register_generator, resolve_model_uri
 
 

@@ -23,7 +23,8 @@ from dgm.models.generator import sample_uint8, save_generator
 from dgm.models.rbm import RBMConfig
 from dgm.models.registry import build_model
 from dgm.models.vae import VAEConfig
-from dgm.tracking.mlflow_runs import log_generator, start_run
+from dgm.tracking.mlflow_runs import start_run
+from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.registry import register_generator
 
 

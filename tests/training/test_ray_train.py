@@ -8,11 +8,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from dgm import cluster
 from dgm.config import Params
 from dgm.errors import DgmError
 from dgm.models.generator import load_generator, sample_uint8
+from dgm.stages.layout import Layout
+from dgm.stages.train import run as train
 from dgm.training import ray_train
-from dgm.workflow import Layout, train
 
 
 @pytest.fixture()
@@ -76,13 +78,14 @@ def test_resume_continues_from_the_last_checkpoint(ray_session, project):
 
 
 def test_resources_are_checked_before_waiting(ray_session):
-    assert ray_train.decide_use_gpu("auto", 1) is (ray_session.cluster_resources().get("GPU", 0)
-                                                    >= 1)
+    assert cluster.decide_use_gpu("auto", 1) is (ray_session.cluster_resources().get("GPU", 0)
+                                                  >= 1)
     if not torch.cuda.is_available():
         with pytest.raises(DgmError, match="GPU"):
-            ray_train.decide_use_gpu(True, 1)
-    with pytest.raises(DgmError, match="CPUs"):
-        ray_train.check_cpus(tiny_params(num_workers=8, cpus_per_worker=1).train, False)
+            cluster.decide_use_gpu(True, 1)
+    with pytest.raises(DgmError, match=r"^train.num_workers × train.cpus_per_worker: 8 CPUs "
+                                       r"needed, but the Ray cluster has 2$"):
+        ray_train.prepare_cluster(tiny_params(num_workers=8, cpus_per_worker=1).train, "train")
 
 
 def test_resume_without_an_earlier_run_is_a_user_error(ray_session, project):

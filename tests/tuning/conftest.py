@@ -1,35 +1,22 @@
-"""A digits project with a trained evaluator, shared by the tuning tests of a module."""
+"""A digits project with the session's trained evaluator, shared by the tuning tests of a
+module."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-from dgm.config import Params
+from conftest import digits_project, environment
 
 
 @pytest.fixture(scope="module")
-def tune_project(tmp_path_factory, digits_dir) -> Path:
-    """Project root: artifacts/data/digits, a trained evaluator, its own MLflow store
-    (exported as MLFLOW_TRACKING_URI for the module)."""
-    from dgm.workflow import train_evaluator
-
-    root = tmp_path_factory.mktemp("tune-project")
-    data = root / "artifacts" / "data" / "digits"
-    data.parent.mkdir(parents=True)
-    data.symlink_to(digits_dir, target_is_directory=True)
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    train_evaluator(Params.model_validate(
-        {"evaluator": {"epochs": 4, "batch_size": 64, "lr": 0.003}}), root=root)
-    yield root
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+def tune_project(tmp_path_factory, digits_dir, digits_evaluator) -> Path:
+    """Project root: artifacts/data/digits, a copy of the session's evaluator, its own
+    MLflow store (exported as MLFLOW_TRACKING_URI for the module)."""
+    root = digits_project(tmp_path_factory.mktemp("tune-project"), digits_dir,
+                          digits_evaluator[0])
+    with environment(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}"):
+        yield root
 
 
 def study_params(**tune) -> dict:

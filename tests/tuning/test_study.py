@@ -13,9 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from dgm.config import Params
 from dgm.errors import DgmError
+from dgm.stages import train as train_stage
+from dgm.stages.layout import Layout
+from dgm.stages.tune import run as tune
 from dgm.tracking.mlflow_runs import tracking_uri
 from dgm.tuning import study as study_mod
-from dgm.workflow import Layout, train, tune
 
 from .conftest import study_params
 
@@ -40,6 +42,7 @@ def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_pr
     assert len(table) == 4
     assert {row["status"] for row in table} == {"TERMINATED"}
     assert all(1 <= row["epochs"] <= 3 for row in table)
+    assert any(row["epochs"] < 3 for row in table), "ASHA stopped no trial early"
     # The best trial has the lowest final val_fid of the trials; ASHA kept it to the end.
     finished = [row for row in table if not math.isnan(row["score_last"])]
     assert best["score"] == min(row["score_last"] for row in finished)
@@ -73,14 +76,14 @@ def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_pr
     assert [float(r["score"]) for r in curves if r["trial"] == best["trial_id"]] == \
         pytest.approx(logged)
 
-    # `train` applies the best params over models.gan.
-    info = train(params.model_copy(update={"train": params.train.model_copy(
-        update={"epochs": 1, "num_workers": 1, "cpus_per_worker": 1})}), "gan",
-        root=tune_project)
-    run = client.get_run(info["run_id"])
-    assert run.data.params["model.loss"] == best["params"]["loss"]
-    assert float(run.data.params["model.lr_g"]) == pytest.approx(best["params"]["lr_g"])
-    assert run.data.tags["dgm.tuned_by"] == best["study"]
+    # `train` applies the best params over models.gan (the config it trains; the pipeline
+    # test checks the trained run's params and its dgm.tuned_by tag after `dvc repro`).
+    config, tuned = train_stage.model_config(params, "gan", Layout(tune_project, "digits"))
+    assert tuned == best
+    assert config.loss == best["params"]["loss"]
+    assert config.lr_g == pytest.approx(best["params"]["lr_g"])
+    assert config.model_dump(exclude={"loss", "lr_g"}) == params.model("gan").model_dump(
+        exclude={"loss", "lr_g"})
 
 
 def test_an_untuned_model_gets_a_record_and_trains_as_set(tune_project):
@@ -95,7 +98,9 @@ def test_an_untuned_model_gets_a_record_and_trains_as_set(tune_project):
 
 def test_a_trial_larger_than_the_cluster_fails_at_once(ray_session, tune_project):
     params = Params.model_validate(study_params(num_workers=4, cpus_per_worker=1))
-    with pytest.raises(DgmError, match=r"a trial needs 5 CPUs .* the Ray cluster has 2$"):
+    with pytest.raises(DgmError, match=r"^a trial \(tune.trial_cpus \+ tune.num_workers × "
+                                       r"tune.cpus_per_worker\): 5 CPUs needed, but the Ray "
+                                       r"cluster has 2$"):
         tune(params, "gan", root=tune_project)
     params = Params.model_validate(study_params(num_workers=1, cpus_per_worker=3,
                                                 trial_cpus=0.5))
@@ -106,9 +111,12 @@ def test_a_trial_larger_than_the_cluster_fails_at_once(ray_session, tune_project
 def test_resume_without_a_study_is_a_user_error(ray_session, tmp_path, tune_project):
     params = Params.model_validate(study_params())
     with pytest.raises(DgmError, match="no earlier study"):
-        study_mod.run_study(params, "gan", dataset_dir=tune_project / "artifacts/data/digits",
-                            evaluator_dir=tune_project / "artifacts/evaluator/digits",
-                            storage_path=tmp_path, tracking_uri=tracking_uri(tune_project),
-                            pointer=tmp_path / "none.json", resume=True)
+        plan = study_mod.StudyPlan(
+            model_name="gan", model_config=params.model("gan"), space=params.search_space("gan"),
+            dataset="digits", dataset_dir=tune_project / "artifacts/data/digits",
+            evaluator_dir=tune_project / "artifacts/evaluator/digits", storage_path=tmp_path,
+            tracking_uri=tracking_uri(tune_project), experiment="dgm-digits",
+            pointer=tmp_path / "none.json")
+        study_mod.run_study(params.tune, params.train, plan, resume=True)
     with pytest.raises(DgmError, match="not in tune.models"):
         tune(params, "vae", root=tune_project, resume=True)

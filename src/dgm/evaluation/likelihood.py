@@ -13,6 +13,21 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from dgm.errors import DgmError
+from dgm.evaluation.metrics import METRICS, register_direction
+
+LIKELIHOOD_METRIC = "nll_nats"
+register_direction(LIKELIHOOD_METRIC, f"{LIKELIHOOD_METRIC}_stderr", lower_is_better=True)
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if a model in training can be scored by it on the val split (a registered
+    sample metric, or ``nll_nats``), else a one-line error."""
+    if metric != LIKELIHOOD_METRIC and metric not in METRICS:
+        raise DgmError(f"unknown validation metric {metric!r} "
+                       f"(known: {LIKELIHOOD_METRIC}, {', '.join(METRICS)})")
+    return metric
+
 
 @runtime_checkable
 class LikelihoodModel(Protocol):

@@ -72,17 +72,42 @@ class Reference(FeatureSet):
 MetricValue = float | dict[str, float]
 MetricFn = Callable[[FeatureSet, FeatureSet, MetricOptions], MetricValue]
 METRICS: dict[str, MetricFn] = {}
+# name → whether lower is better: every registered metric, and the keys other evaluators
+# report (``nll_nats``: see :func:`register_direction`).
+DIRECTIONS: dict[str, bool] = {}
 
 
-def register_metric(*names: str) -> Callable[[MetricFn], MetricFn]:
-    """Register ``fn(real, generated, options)`` under the metric name(s) it reports."""
+def register_metric(*names: str, lower_is_better: bool) -> Callable[[MetricFn], MetricFn]:
+    """Register ``fn(real, generated, options)`` under the metric name(s) it reports, with
+    their direction."""
 
     def decorate(fn: MetricFn) -> MetricFn:
         for name in names:
             METRICS[name] = fn
+        register_direction(*names, lower_is_better=lower_is_better)
         return fn
 
     return decorate
+
+
+def register_direction(*names: str, lower_is_better: bool) -> None:
+    """Record the direction of metric keys (also those computed outside :data:`METRICS`)."""
+    for name in names:
+        DIRECTIONS[name] = lower_is_better
+
+
+def lower_is_better(name: str) -> bool | None:
+    """Whether a lower ``name`` is better; None for a key of unknown direction."""
+    return DIRECTIONS.get(name)
+
+
+def metric_mode(name: str, default: str = "min") -> str:
+    """``min`` or ``max``: how to optimise ``name`` (``default`` when its direction is
+    unknown)."""
+    direction = lower_is_better(name)
+    if direction is None:
+        return default
+    return "min" if direction else "max"
 
 
 # --- building blocks ------------------------------------------------------------------------
@@ -209,14 +234,14 @@ def _require(value, what: str):
 
 
 # --- registered metrics ---------------------------------------------------------------------
-@register_metric("fid")
+@register_metric("fid", lower_is_better=True)
 def fid(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Fréchet distance between Gaussians fitted to evaluator features."""
     return frechet_distance(real.features.mean(0), np.cov(real.features, rowvar=False),
                             gen.features.mean(0), np.cov(gen.features, rowvar=False))
 
 
-@register_metric("kid", "kid_std")
+@register_metric("kid", "kid_std", lower_is_better=True)
 def kid(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> dict[str, float]:
     """Unbiased KID: mean and std of cubic-kernel MMD² over random subsets."""
     mean, std = kernel_inception_distance(real.features, gen.features, options.kid_subset_size,
@@ -224,7 +249,7 @@ def kid(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> dict[str, 
     return {"kid": mean, "kid_std": std}
 
 
-@register_metric("precision", "recall", "density", "coverage")
+@register_metric("precision", "recall", "density", "coverage", lower_is_better=False)
 def precision_recall_density_coverage(real: FeatureSet, gen: FeatureSet,
                                       options: MetricOptions) -> dict[str, float]:
     """``precision``, ``recall``, ``density``, ``coverage`` on k-NN manifolds of features."""
@@ -233,38 +258,38 @@ def precision_recall_density_coverage(real: FeatureSet, gen: FeatureSet,
                 _subsample(gen.features, n, options.seed + 1), options.k)
 
 
-@register_metric("class_entropy")
+@register_metric("class_entropy", lower_is_better=False)
 def class_entropy(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Entropy (nats) of the generated class histogram; log K when all classes are even."""
     return entropy(gen.class_histogram)
 
 
-@register_metric("class_kl")
+@register_metric("class_kl", lower_is_better=True)
 def class_kl(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """KL(generated ‖ real) of the class histograms (mode collapse makes it grow)."""
     return kl_divergence(gen.class_histogram, real.class_histogram)
 
 
-@register_metric("mode_kl")
+@register_metric("mode_kl", lower_is_better=True)
 def mode_kl(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """KL(generated ‖ uniform) of the class (mode) histogram; 0 when every mode is even."""
     hist = gen.class_histogram
     return kl_divergence(hist, np.full(len(hist), 1.0 / len(hist)))
 
 
-@register_metric("modes_covered")
+@register_metric("modes_covered", lower_is_better=False)
 def modes_covered(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Number of classes (modes) that at least one generated image is assigned to."""
     return float((gen.class_histogram > 0).sum())
 
 
-@register_metric("inception_score")
+@register_metric("inception_score", lower_is_better=False)
 def inception_score(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """The Inception Score formula with the evaluator's class posterior (1 … K)."""
     return inception_score_from_probs(_require(gen.probs, "class probabilities"))
 
 
-@register_metric("swd", "swd_pixel")
+@register_metric("swd", "swd_pixel", lower_is_better=True)
 def swd(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> dict[str, float]:
     """Sliced Wasserstein distance in feature space (``swd``) and pixel space (``swd_pixel``)."""
     values = {"swd": sliced_wasserstein(real.features, gen.features, options.swd_projections,
@@ -275,7 +300,7 @@ def swd(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> dict[str, 
     return values
 
 
-@register_metric("memorization")
+@register_metric("memorization", lower_is_better=True)
 def memorization(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Share of generated samples nearer their nearest training image than held-out data are.
 

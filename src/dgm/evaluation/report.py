@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from dgm.evaluation.metrics import METRICS
-
-# Direction of each metric for the reader: ↓ lower is better, ↑ higher is better.
-LOWER_IS_BETTER = {"fid", "kid", "kid_std", "class_kl", "mode_kl", "swd", "swd_pixel",
-                   "memorization", "nll_nats", "nll_nats_stderr"}
+import dgm.evaluation.likelihood  # noqa: F401 - registers the direction of nll_nats
+from dgm.evaluation.metrics import METRICS, lower_is_better
 
 
 def _format(value) -> str:
@@ -15,13 +12,18 @@ def _format(value) -> str:
     return "" if value is None else str(value)
 
 
+def _header(key: str) -> str:
+    """``fid ↓``, ``recall ↑``: the metric's registered direction for the reader."""
+    direction = lower_is_better(key)
+    return key if direction is None else f"{key} {'↓' if direction else '↑'}"
+
+
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     """One row per model, one column per metric (registered metrics first, in their order)."""
     keys = {k for metrics in rows.values() for k in metrics}
     ordered = [k for k in METRICS if k in keys]
     ordered += sorted(keys - set(ordered))
-    header = ["model", *(f"{k} {'↓' if k in LOWER_IS_BETTER else '↑'}"
-                         if k in METRICS or k in LOWER_IS_BETTER else k for k in ordered)]
+    header = ["model", *(_header(k) for k in ordered)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, metrics in rows.items():
         lines.append("| " + " | ".join([model, *(_format(metrics.get(k)) for k in ordered)]) + " |")

@@ -8,29 +8,16 @@ classifier (the same features and scale as the evaluation stage, a held-out refe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dgm.errors import DgmError
-from dgm.evaluation.metrics import METRICS, MetricOptions, Reference, compute
-
-LIKELIHOOD_METRIC = "nll_nats"
-FAMILY_METRICS = {"gan": "fid", "vae": LIKELIHOOD_METRIC, "rbm": LIKELIHOOD_METRIC}
-
-
-def default_metric(family: str) -> str:
-    """What a trial of ``family`` is judged by when the config names nothing."""
-    return FAMILY_METRICS.get(family, "fid")
-
-
-def check_metric(metric: str) -> str:
-    """``metric`` if trials can report it, else a one-line error."""
-    if metric != LIKELIHOOD_METRIC and metric not in METRICS:
-        raise DgmError(f"unknown validation metric {metric!r} "
-                       f"(known: {LIKELIHOOD_METRIC}, {', '.join(METRICS)})")
-    return metric
+from dgm.evaluation.likelihood import LIKELIHOOD_METRIC, check_metric
+from dgm.evaluation.metrics import MetricOptions, Reference, compute
+from dgm.training.callbacks import EpochCallback
 
 
 @dataclass
@@ -92,3 +79,23 @@ class ValidationScorer:
         values = compute([self.metric], self.reference, self.evaluator.featurize(images),
                          self.options)
         return {f"val_{k}": float(v) for k, v in values.items()}
+
+
+@dataclass
+class ValidationCallback(EpochCallback):
+    """Adds the evaluator's ``val_<metric>`` to each epoch's metrics on rank 0 (what a
+    tuning trial reports); ``scorer``: the keyword arguments of :meth:`ValidationScorer.open`
+    (plain data, so the callback travels to Ray workers)."""
+
+    scorer: dict[str, Any] = field(default_factory=dict)
+
+    def setup(self, rank: int, world_size: int) -> bool:
+        if rank != 0:
+            return False
+        options = self.scorer.get("options")
+        self._scorer = ValidationScorer.open(**{
+            **self.scorer, "options": MetricOptions.model_validate(options) if options else None})
+        return True
+
+    def on_epoch_end(self, model, epoch: int, metrics: dict[str, float], final: bool) -> None:
+        metrics.update(self._scorer(model))

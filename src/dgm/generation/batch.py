@@ -128,7 +128,7 @@ def _actors(workers: int, writer_args: dict) -> Iterator[list]:
     worker), killed on exit; errors of loading surface as their :class:`DgmError`."""
     import ray
 
-    from dgm.training.ray_train import decide_use_gpu
+    from dgm.cluster import decide_use_gpu
 
     gpus = 1 if decide_use_gpu("auto", workers) else 0
     remote = ray.remote(ShardWriter).options(num_cpus=1, num_gpus=gpus)
@@ -176,14 +176,10 @@ def generate(
     args = {"model_uri": model_uri, "seed": seed, "batch_size": batch_size,
             "num_shards": len(counts), "label": label}
     if workers > 1:
-        import ray
-
-        from dgm.training.ray_train import ensure_ray
+        from dgm.cluster import check_resources, ensure_ray
 
         ensure_ray()
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if workers > cpus:
-            raise DgmError(f"--workers {workers}: the Ray cluster has only {cpus:g} CPUs")
+        check_resources(workers=workers, cpus_per_worker=1, what=f"--workers {workers}")
     uri = tracking_uri()
     resolve_model_uri(model_uri, uri)  # an unknown model fails before anything is written
     columns = [TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -119,6 +119,8 @@ class GenerativeModel(nn.Module):
     """
 
     family: ClassVar[str]
+    # What a tuning trial of the family is judged by when ``tune.metric`` names nothing.
+    validation_metric: ClassVar[str] = "fid"
     config_class: ClassVar[type[ModelConfigBase]]
     networks: ClassVar[tuple[str, ...]]
     ddp_kwargs: ClassVar[dict[str, dict[str, Any]]] = {}

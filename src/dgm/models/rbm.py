@@ -128,6 +128,7 @@ class RBM(GenerativeModel):
     """Bernoulli RBM on binarized pixels; CD-k or PCD-k with SGD (momentum, weight decay)."""
 
     family = "rbm"
+    validation_metric = "nll_nats"  # its likelihood on the val split
     config_class = RBMConfig
     networks = ("net",)
     ddp_kwargs = {"net": {"broadcast_buffers": False}}  # each worker keeps its PCD chains

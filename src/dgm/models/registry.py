@@ -39,3 +39,16 @@ def config_from_dict(data: dict) -> ModelConfigBase:
     if family not in MODEL_CONFIGS:
         raise DgmError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
     return MODEL_CONFIGS[family].model_validate(data)
+
+
+def validation_metric(family: str) -> str:
+    """What a tuning trial of ``family`` reports when the config names no metric."""
+    return FAMILIES[family].validation_metric if family in FAMILIES else "fid"
+
+
+def check_classes(config: ModelConfigBase, num_classes: int, dataset: str,
+                  model_name: str) -> None:
+    """A conditional model's ``num_classes`` must be the dataset's class count."""
+    if getattr(config, "conditional", False) and config.num_classes != num_classes:
+        raise DgmError(f"models.{model_name}.num_classes is {config.num_classes} but "
+                       f"{dataset} has {num_classes} classes")

@@ -145,6 +145,7 @@ class VAE(GenerativeModel):
     """VAE (Kingma & Welling 2014) and its variants, chosen by :class:`VAEConfig`."""
 
     family = "vae"
+    validation_metric = "nll_nats"  # its likelihood on the val split
     config_class = VAEConfig
     networks = ("net",)
 

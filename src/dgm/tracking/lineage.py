@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
 from dgm.tracking.mlflow_runs import client
+from dgm.tracking.names import parse_model_uri
 
 PREFIX = "dgm.lineage."
 DVC_PREFIX = PREFIX + "dvc."
@@ -139,33 +139,29 @@ def evaluator_lineage(evaluator_file: Path) -> dict[str, str]:
     return {"evaluator_version": version, "evaluator_md5": file_md5(evaluator_file)}
 
 
-def collect_lineage(params: Any, model_name: str, root: Path,
-                    model_config: Any = None) -> dict[str, str]:
-    """The ``dgm.lineage.*`` tags of training ``model_name`` with ``params`` under ``root``.
-
-    ``model_config``: the config actually trained (default: ``models.<name>`` with the tuned
-    params applied). Never fails for want of git, DVC files or the evaluator.
-    """
+def collect_lineage(*, root: Path, dataset: str, data_dir: Path, evaluator_file: Path,
+                    model_config: Any, train_config: Any, stage: str) -> dict[str, str]:
+    """The ``dgm.lineage.*`` tags of a training run under project ``root``: ``dataset``
+    prepared in ``data_dir``, judged by ``evaluator_file``, ``model_config`` (the config
+    actually trained, tuned params applied) and ``train_config``, as DVC stage ``stage``
+    (``$DVC_STAGE`` when DVC runs it). Never fails for want of git, DVC files or the
+    evaluator."""
     from dgm.data.parquet import read_meta
-    from dgm.workflow import layout, tuned_config
 
-    lay = layout(params, root)
-    if model_config is None:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model_config, _ = tuned_config(params, model_name, lay)
-    stage = os.environ.get("DVC_STAGE") or f"train@{model_name}"
-    tags: dict[str, str] = {"stage": stage, **git_info(lay.root)}
-    tags["dataset"] = params.data.name
-    tags["dataset_path"] = lay.data_dir.relative_to(lay.root).as_posix()
-    if lay.data_dir.is_dir():
-        tags["dataset_checksum"] = dir_md5(lay.data_dir)
+    root = Path(root)
+    stage = os.environ.get("DVC_STAGE") or stage
+    tags: dict[str, str] = {"stage": stage, **git_info(root)}
+    tags["dataset"] = dataset
+    tags["dataset_path"] = Path(data_dir).relative_to(root).as_posix()
+    if data_dir.is_dir():
+        tags["dataset_checksum"] = dir_md5(data_dir)
         with contextlib.suppress(DgmError):
-            tags["raw_checksums"] = json.dumps(read_meta(lay.data_dir / "train").checksums,
+            tags["raw_checksums"] = json.dumps(read_meta(data_dir / "train").checksums,
                                                sort_keys=True)
-    tags.update(dvc_lineage(lay.root, stage))
+    tags.update(dvc_lineage(root, stage))
     tags["config_hash"] = canonical_hash({"model": model_config.model_dump(mode="json"),
-                                          "train": params.train.model_dump(mode="json")})
-    tags.update(evaluator_lineage(lay.evaluator_dir / "classifier.pt"))
+                                          "train": train_config.model_dump(mode="json")})
+    tags.update(evaluator_lineage(evaluator_file))
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
     return {PREFIX + k: str(v) for k, v in tags.items()}
@@ -188,26 +184,25 @@ def lineage_of(model_uri: str, tracking_uri: str | None = None) -> dict[str, str
     """The ``dgm.lineage.*`` tags of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
     ``models:/NAME`` (latest version) or ``runs:/RUN_ID[/...]``: the model version's tags,
     else those of the run it was registered from."""
+    ref = parse_model_uri(model_uri)
     c = client(tracking_uri)
     try:
-        if model_uri.startswith("runs:/"):
-            run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
-            tags: dict[str, str] = {}
-        elif model_uri.startswith("models:/"):
-            ref = model_uri.removeprefix("models:/")
-            if "@" in ref:
-                mv = c.get_model_version_by_alias(*ref.split("@", 1))
-            elif "/" in ref:
-                mv = c.get_model_version(*ref.split("/", 1))
+        if ref.run_id is not None:
+            run_id, tags = ref.run_id, {}
+        elif ref.logged_model is not None:
+            raise DgmError(f"{model_uri}: give models:/NAME@ALIAS, models:/NAME/VERSION or "
+                           "runs:/RUN_ID")
+        else:
+            if ref.alias is not None:
+                mv = c.get_model_version_by_alias(ref.name, ref.alias)
+            elif ref.version is not None:
+                mv = c.get_model_version(ref.name, ref.version)
             else:
-                versions = c.search_model_versions(f"name='{ref}'")
+                versions = c.search_model_versions(f"name='{ref.name}'")
                 if not versions:
                     raise DgmError(f"model {model_uri} has no versions")
                 mv = max(versions, key=lambda v: int(v.version))
             run_id, tags = mv.run_id, dict(mv.tags)
-        else:
-            raise DgmError(f"{model_uri}: give models:/NAME@ALIAS, models:/NAME/VERSION or "
-                           "runs:/RUN_ID")
         lineage = {k: v for k, v in tags.items() if k.startswith(PREFIX)}
         if not lineage and run_id:
             run_tags = c.get_run(run_id).data.tags

@@ -134,6 +134,30 @@ class RunLogger:
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path or None)
 
+    def log_lines(self, series: Mapping[str, tuple[list, list]], artifact_file: str,
+                  xlabel: str, ylabel: str | None = None, **style: Any) -> None:
+        """Log a PNG line plot, one line per ``{label: (x, y)}`` (legend when any)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        legend_size = style.pop("legend_fontsize", None)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, (x, y) in series.items():
+            ax.plot(x, y, label=label, **style)
+        ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        if series:
+            ax.legend(fontsize=legend_size)
+        fig.tight_layout()
+        with tempfile.TemporaryDirectory() as tmp:  # never into a stage's DVC output folder
+            path = Path(tmp) / Path(artifact_file).name
+            fig.savefig(path)
+            self.log_file(path, str(Path(artifact_file).parent).strip("."))
+        plt.close(fig)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
@@ -143,36 +167,6 @@ class RunLogger:
             self.client.set_tag(self.run_id, "dgm.failure_reason", reason[:5000])
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(
             getattr(RunStatus, status)))
-
-
-def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
-    """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
-    from dgm.tracking.pyfunc import (
-        generator_input_example,
-        generator_signature,
-        pyfunc_source,
-    )
-
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = mlflow.pyfunc.log_model(
-            name="generator",
-            python_model=pyfunc_source(),
-            artifacts={"generator": str(generator_file)},
-            signature=generator_signature(image_shape),
-            input_example=generator_input_example(),
-            pip_requirements=_requirements(),
-        )
-    # Leaving the ``with`` block ends the run as FINISHED; the caller decides the final status.
-    return info.model_uri
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "mlflow", "pydantic")] + [
-        f"dgm=={version('dgm')}"
-    ]
 
 
 # --- studies: one parent run, one child run per trial ---------------------------------------

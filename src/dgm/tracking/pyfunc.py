@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
@@ -43,6 +44,30 @@ def generator_input_example():
     import pandas as pd
 
     return pd.DataFrame({"num_samples": [4], "seed": [0]}, dtype="int64")
+
+
+def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
+    """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=pyfunc_source(),
+            artifacts={"generator": str(generator_file)},
+            signature=generator_signature(image_shape),
+            input_example=generator_input_example(),
+            pip_requirements=_requirements(),
+        )
+    # Leaving the ``with`` block ends the run as FINISHED; the caller decides the final status.
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "mlflow", "pydantic")] + [
+        f"dgm=={version('dgm')}"
+    ]
 
 
 def _request_values(model_input: Any, params: dict | None, defaults: dict) -> dict:
@@ -155,8 +180,6 @@ def load_generator_model(model_uri: str) -> LoadedGenerator:
 
     Its MLmodel file is read first: anything but a dgm generator is refused before loading,
     so no pickled object from elsewhere is ever unpickled here."""
-    import mlflow
-
     from dgm.errors import DgmError
     from dgm.tracking.mlflow_runs import tracking_uri
     from dgm.tracking.registry import resolve_model_uri

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
 from dgm.tracking.mlflow_runs import client, tracking_uri
+from dgm.tracking.names import parse_model_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -44,11 +45,6 @@ class Decision:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def model_name(dataset: str, model: str) -> str:
-    """The registered name of a generator, e.g. ``dgm-digits-gan``."""
-    return f"dgm-{dataset}-{model}"
 
 
 def beats(candidate: float, incumbent: float | None, mode: str, min_delta: float) -> bool:
@@ -111,25 +107,24 @@ def register_generator(
 
 
 def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
-    """Fail with one line if ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` is unknown."""
+    """Fail with one line if ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` is unknown
+    (other URIs, e.g. ``runs:/``, are left to MLflow)."""
     if not model_uri.startswith("models:/"):
         return
-    ref = model_uri.removeprefix("models:/")
+    ref = parse_model_uri(model_uri)
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise DgmError(f"model {model_uri} does not exist: there is no MLflow store at {uri}")
     c = client(uri)
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            c.get_model_version_by_alias(name, alias)
-        elif "/" in ref:
-            name, version = ref.split("/", 1)
-            c.get_model_version(name, version)
-        elif ref.startswith("m-"):  # an MLflow 3 logged model id
-            c.get_logged_model(ref)
+        if ref.alias is not None:
+            c.get_model_version_by_alias(ref.name, ref.alias)
+        elif ref.version is not None:
+            c.get_model_version(ref.name, ref.version)
+        elif ref.logged_model is not None:
+            c.get_logged_model(ref.logged_model)
         else:
-            c.get_registered_model(ref)
+            c.get_registered_model(ref.name)
     except MlflowException:
         raise DgmError(f"model {model_uri} does not exist in the registry at {uri}") from None
     except Exception as exc:  # unreachable server and the like

@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
 
 from dgm.errors import TrainingDiverged
 from dgm.models.base import GenerativeModel, eval_mode
+from dgm.training.callbacks import EpochCallback
+from dgm.training.config import EarlyStopping
+
+__all__ = ["BOOKKEEPING_KEYS", "EarlyStopping", "train_epochs", "validate"]
 
 # on_epoch_end(epoch, metrics, final): ``final`` is true for the last epoch of the run.
 # Bookkeeping columns of a history row, as opposed to the model's own metrics.
 BOOKKEEPING_KEYS = ("epoch", "step", "epoch_seconds", "elapsed_seconds")
-EpochCallback = Callable[[int, dict[str, float], bool], None]
-
-
-class EarlyStopping(BaseModel):
-    """Stop when ``metric`` (a history key, e.g. ``val_loss``) has not improved by more than
-    ``min_delta`` for ``patience`` epochs; the best epoch's weights are restored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
-    patience: int | None = Field(None, gt=0, description="null: no early stopping")
-    min_delta: float = Field(0.0, ge=0)
-
-    def improved(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value < best - self.min_delta if self.mode == "min" else (
-            value > best + self.min_delta)
+EpochEnd = Callable[[int, dict[str, float], bool], None]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -92,7 +76,8 @@ def train_epochs(
     start_epoch: int = 0,
     max_steps: int | None = None,
     start_step: int = 0,
-    on_epoch_end: EpochCallback | None = None,
+    on_epoch_end: EpochEnd | None = None,
+    callbacks: Sequence[EpochCallback] = (),
     log: Callable[[str], None] | None = print,
     val_loader: Iterable | None = None,
     early_stopping: EarlyStopping | None = None,
@@ -104,9 +89,12 @@ def train_epochs(
     Training stops after ``epochs`` epochs or ``max_steps`` optimisation steps in all,
     whichever comes first (a step-capped last epoch is partial). Each row of the history
     holds ``epoch``, ``step`` (steps so far) and the epoch's mean metrics.
-    ``on_epoch_end(epoch, metrics, final)`` runs after every epoch (checkpointing,
-    reporting). A non-finite loss stops training with :class:`TrainingDiverged` before the
-    epoch ends, so the last checkpoint written is the last good one.
+    ``callbacks`` (:class:`EpochCallback`, in order) and then ``on_epoch_end(epoch, metrics,
+    final)`` run after every epoch (validation scores, logging, checkpointing, reporting); a
+    callback may add to the epoch's metrics, and an error reaches each callback's
+    ``on_failure`` before it propagates. A non-finite loss stops training with
+    :class:`TrainingDiverged` before the epoch ends, so the last checkpoint written is the
+    last good one.
 
     With ``val_loader`` each row also holds the model's ``val_*`` metrics; ``early_stopping``
     (with a patience) ends training when its metric stalls and restores the best epoch's
@@ -114,6 +102,18 @@ def train_epochs(
     runs each training step under bf16 autocast, for families that support it. ``previous``:
     history rows of earlier epochs (on resume), used to pick up the early-stopping state.
     """
+    try:
+        return _train_epochs(model, loader, epochs, start_epoch, max_steps, start_step,
+                             on_epoch_end, list(callbacks), log, val_loader, early_stopping,
+                             precision, previous)
+    except Exception as exc:
+        for callback in callbacks:
+            callback.on_failure(exc)
+        raise
+
+
+def _train_epochs(model, loader, epochs, start_epoch, max_steps, start_step, on_epoch_end,
+                  callbacks, log, val_loader, early_stopping, precision, previous):
     model.train()
     history = []
     step = start_step
@@ -180,6 +180,8 @@ def train_epochs(
                     log(f"early stopping at epoch {epoch}: {stopping.metric} has not improved "
                         f"for {stopping.patience} epochs; best {best:.4g} at epoch {best_epoch}"
                         + (" (weights restored)" if best_weights is not None else ""))
+        for callback in callbacks:
+            callback.on_epoch_end(model, epoch, metrics, final)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics, final)
         if final:

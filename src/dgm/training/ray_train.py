@@ -1,18 +1,17 @@
 """Ray Train around the training loop: DDP workers, per-epoch checkpoints, resume.
 
-The driver creates the MLflow run (one store migration, in one process) and hands its id
-to the workers; rank 0 logs per-epoch metrics and sample grids, writes checkpoints, and
-every rank reports (``ray.train.report`` is a barrier).
+The driver creates the MLflow run (one store migration, in one process) and hands the
+workers a job: plain data plus the run's epoch callbacks (MLflow logging, a tuning
+trial's validation score). Every rank runs the loop; after each epoch the callbacks run and
+then :class:`CheckpointReport`: rank 0 writes a checkpoint and every rank reports
+(``ray.train.report`` is a barrier).
 """
 
 from __future__ import annotations
 
 import csv
-import logging
-import os
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,68 +21,44 @@ import ray.train.torch
 import torch
 from torch.utils.data import DataLoader
 
-from dgm.config import TrainConfig
-from dgm.data.loading import load_split_tensors, to_uint8_images
+from dgm.cluster import (
+    apply_train_environment,
+    check_resources,
+    decide_use_gpu,
+    ensure_ray,
+    quiet_reports,
+    root_cause,
+    storage_location,
+)
+from dgm.data.loading import load_split_tensors
 from dgm.data.parquet import read_meta
 from dgm.errors import DgmError
-from dgm.images import grid_scale, make_grid
 from dgm.models.base import ModelConfigBase
 from dgm.models.generator import save_generator
 from dgm.models.registry import build_model, config_from_dict
 from dgm.paths import atomic_path
+from dgm.training.callbacks import EpochCallback, active
 from dgm.training.checkpoints import load_checkpoint, save_checkpoint
+from dgm.training.config import TrainConfig
 from dgm.training.loop import train_epochs
 
-GRID_SAMPLES = 64
 
+@dataclass
+class CheckpointReport(EpochCallback):
+    """Last of the epoch's callbacks: appends the epoch to the history, writes the checkpoint
+    (rank 0) and reports the metrics to Ray Train (every rank: a barrier)."""
 
-def ensure_ray() -> None:
-    """Connect to ``$RAY_ADDRESS`` if set, else start a local Ray (unless one is running)."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    history: list[dict[str, float]] = field(default_factory=list)
+    rank: int = 0
 
-
-def decide_use_gpu(setting: bool | str, num_workers: int) -> bool:
-    """``auto`` uses GPUs only when the cluster has one per worker.
-
-    (Train V2 with ``use_gpu=True`` and no GPU retries the worker start forever.)
-    """
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if setting == "auto":
-        return gpus >= num_workers
-    if setting and gpus < num_workers:
-        raise DgmError(f"train.use_gpu is true but the cluster has {gpus:g} GPU(s) "
-                       f"for {num_workers} worker(s)")
-    return bool(setting)
-
-
-def check_cpus(cfg: TrainConfig, use_gpu: bool) -> None:
-    """Fail at once, not after waiting forever, when the workers cannot fit the cluster."""
-    cpus = ray.cluster_resources().get("CPU", 0)
-    wanted = cfg.num_workers * cfg.cpus_per_worker
-    if wanted > cpus:
-        raise DgmError(f"train.num_workers × train.cpus_per_worker = {wanted:g} CPUs, "
-                       f"but the Ray cluster has {cpus:g}")
-
-
-def controller_environment(cfg: TrainConfig) -> dict[str, str]:
-    """Settings Ray Train V2 reads from the driver's environment when ``fit`` starts.
-
-    The report interval (see ``TrainConfig.report_interval_s``), and no patched ``print``
-    in workers (it logs every progress line twice).
-    """
-    return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.report_interval_s),
-            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-
-
-def quiet_reports() -> None:
-    """No INFO line per ``ray.train.report`` (Train V2 logs each under its module's path)."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: the lines stay, nothing breaks
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    def on_epoch_end(self, model, epoch: int, metrics: dict[str, float], final: bool) -> None:
+        self.history.append({"epoch": epoch, **metrics})
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                save_checkpoint(tmp, model, epoch, self.history)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, **metrics}, checkpoint=checkpoint)
 
 
 def train_worker(job: dict[str, Any]) -> None:
@@ -117,88 +92,39 @@ def train_worker(job: dict[str, Any]) -> None:
         val_loader = ray.train.torch.prepare_data_loader(
             DataLoader(val, batch_size=max(per_worker, 256), shuffle=False))
 
-    logger = None
-    if rank == 0 and job.get("run_id"):
-        from dgm.tracking.mlflow_runs import RunLogger
-
-        logger = RunLogger(job["run_id"], job["tracking_uri"])
-    scorer = None
-    if rank == 0 and job.get("validation"):  # the evaluator's val metric (tuning trials)
-        from dgm.evaluation.validation import ValidationScorer
-
-        scorer = ValidationScorer.open(**job["validation"])
-
-    def on_epoch_end(epoch: int, metrics: dict[str, float], final: bool) -> None:
-        if scorer is not None:
-            metrics = {**metrics, **scorer(model)}
-        history.append({"epoch": epoch, **metrics})
-        if logger is not None:
-            logger.log_metrics(metrics, step=epoch)
-            if epoch % cfg.sample_every == 0 or final:
-                images = to_uint8_images(
-                    model.sample(GRID_SAMPLES, torch.Generator().manual_seed(0)))
-                grid = make_grid(images, scale=grid_scale(images.shape[1]))
-                logger.log_png(grid, f"samples/epoch_{epoch:04d}.png")
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(tmp, model, epoch, history)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, **metrics}, checkpoint=ckpt)
-
-    log = print if rank == 0 else None
-    try:
-        train_epochs(model, loader, epochs=cfg.epochs, start_epoch=start_epoch,
-                     max_steps=cfg.max_steps, start_step=start_step,
-                     on_epoch_end=on_epoch_end, log=log, val_loader=val_loader,
-                     early_stopping=cfg.early_stopping, precision=cfg.precision,
-                     previous=list(history))
-    except Exception as exc:
-        if logger is not None:
-            logger.set_tags({"dgm.failure_reason": str(exc)})
-        raise
-
-
-@dataclass
-class TrainResult:
-    """What a finished training leaves behind."""
-
-    run_id: str | None
-    model_uri: str | None
-    run_name: str
-    history: list[dict[str, float]]
-    generator_path: Path
-
-
-def latest_run_name(storage_path: Path, prefix: str) -> str | None:
-    """The newest Ray Train run under ``storage_path`` whose name starts with ``prefix``."""
-    if not storage_path.is_dir():
-        return None
-    runs = sorted((p for p in storage_path.iterdir() if p.is_dir() and p.name.startswith(prefix)),
-                  key=lambda p: p.stat().st_mtime)
-    return runs[-1].name if runs else None
-
-
-def storage_location(path: str | Path) -> str:
-    """A URI (``s3://…``, ``gs://…``) as given; a local path made absolute (Ray needs it)."""
-    text = str(path)
-    return text if "://" in text else str(Path(text).resolve())
+    callbacks = active(job.get("callbacks") or [], rank, world)
+    callbacks.append(CheckpointReport(history, rank))
+    train_epochs(model, loader, epochs=cfg.epochs, start_epoch=start_epoch,
+                 max_steps=cfg.max_steps, start_step=start_step, callbacks=callbacks,
+                 log=print if rank == 0 else None, val_loader=val_loader,
+                 early_stopping=cfg.early_stopping, precision=cfg.precision,
+                 previous=list(history))
 
 
 def build_job(dataset_dir: Path, model_config: ModelConfigBase, train_config: TrainConfig,
-              run_id: str | None = None, tracking_uri: str | None = None,
-              validation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every worker receives (plain data, absolute paths)."""
+              callbacks: list[EpochCallback] | None = None) -> dict[str, Any]:
+    """What every worker receives: plain data with absolute paths, and the callbacks."""
     meta = read_meta(Path(dataset_dir) / "train")
     return {
         "dataset_dir": str(Path(dataset_dir).resolve()),
         "model": model_config.model_dump(),
         "train": train_config.model_dump(),
         "image_shape": list(meta.shape_chw),
-        "run_id": run_id,
-        "tracking_uri": tracking_uri,
-        "validation": validation,
+        "callbacks": list(callbacks or []),
     }
+
+
+def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0) -> bool:
+    """Join or start Ray, check that ``cfg``'s workers fit it; return whether they use GPUs
+    (``section`` names the params in messages: ``train`` or ``tune``)."""
+    ensure_ray()
+    use_gpu = decide_use_gpu(cfg.use_gpu, cfg.num_workers, f"{section}.use_gpu")
+    what = f"{section}.num_workers × {section}.cpus_per_worker"
+    if driver_cpus:
+        what = f"a trial ({section}.trial_cpus + {what})"
+    check_resources(workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
+                    driver_cpus=driver_cpus, use_gpu=use_gpu, what=what)
+    return use_gpu
 
 
 def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: str | Path,
@@ -232,16 +158,14 @@ def fit(
     train_config: TrainConfig,
     storage_path: Path,
     run_name: str,
-    run_id: str | None = None,
-    tracking_uri: str | None = None,
+    callbacks: list[EpochCallback] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    """Run the ``TorchTrainer``; return (history, final checkpoint state)."""
-    ensure_ray()
-    use_gpu = decide_use_gpu(train_config.use_gpu, train_config.num_workers)
-    check_cpus(train_config, use_gpu)
-    job = build_job(dataset_dir, model_config, train_config, run_id, tracking_uri)
+    """Run the ``TorchTrainer`` (``callbacks`` after every epoch, on the workers); return
+    (history, final checkpoint state)."""
+    use_gpu = prepare_cluster(train_config, "train")
+    job = build_job(dataset_dir, model_config, train_config, callbacks)
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
-    os.environ.update(controller_environment(train_config))
+    apply_train_environment(train_config.report_interval_s)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -251,16 +175,6 @@ def fit(
     with result.checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
     return list(state["history"]), state
-
-
-def root_cause(exc: BaseException) -> str:
-    """The last line of the innermost error message: what a user needs to see."""
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Diverged" in line:
-            return line.strip()[:500]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
 
 
 def write_outputs(
@@ -280,7 +194,3 @@ def write_outputs(
         writer.writeheader()
         writer.writerows(history)
     return generator_path
-
-
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,22 +101,30 @@ def write_study(result, out: Path, model: str, family: str, uri: str) -> dict[st
 
 def _log_curves_png(logger, curves: list[dict[str, Any]], key: str) -> None:
     """One line per trial: the val metric by epoch (the parent run's ``study/curves.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {}
     for trial in dict.fromkeys(row["trial"] for row in curves):
         rows = [r for r in curves if r["trial"] == trial]
-        ax.plot([r["epoch"] for r in rows], [r["score"] for r in rows], marker="o", label=trial)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
-    if curves:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "curves.png"
-        fig.savefig(path)
-        logger.log_file(path, "study")
-    plt.close(fig)
+        series[trial] = ([r["epoch"] for r in rows], [r["score"] for r in rows])
+    logger.log_lines(series, "study/curves.png", "epoch", key, marker="o", legend_fontsize=6)
+
+
+def tuned_config(model_config, best_file: Path, model_name: str, quiet: bool = False):
+    """``model_config`` with the best params of ``best_file`` (the `tune` stage's
+    ``best.yaml``) applied when it tuned the model; returns (config, the record or None)."""
+    from dgm.errors import DgmError
+    from dgm.tuning.space import apply_overrides
+
+    if not best_file.is_file():
+        return model_config, None
+    record = yaml.safe_load(best_file.read_text()) or {}
+    if not record.get("tuned"):
+        return model_config, None
+    try:
+        model_config = apply_overrides(model_config, record.get("params") or {})
+    except DgmError as exc:
+        raise DgmError(f"{best_file}: the tuned params do not fit models.{model_name}: {exc}"
+                       ) from None
+    if not quiet:
+        print(f"{model_name}: tuned params from {best_file.name} ({record.get('study')}): "
+              + ", ".join(f"{k}={v}" for k, v in (record.get("params") or {}).items()))
+    return model_config, record

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,64 +21,27 @@ from typing import Any
 import ray
 from ray import tune
 
-from dgm.config import Params, TrainConfig, TuneConfig
-from dgm.errors import DgmError
-from dgm.evaluation.validation import default_metric
-from dgm.models.registry import config_from_dict
-from dgm.training.ray_train import (
-    build_job,
-    controller_environment,
+from dgm.cluster import (
+    abort_train_run_when_stopped,
+    apply_train_environment,
+    apply_tune_environment,
+    check_storage,
+    concurrency,
     decide_use_gpu,
-    ensure_ray,
-    make_trainer,
     root_cause,
     storage_location,
+    timestamp,
 )
-from dgm.tuning.space import apply_overrides, grid_points, to_param_space
+from dgm.errors import DgmError
+from dgm.evaluation.metrics import MetricOptions, metric_mode
+from dgm.models.base import ModelConfigBase
+from dgm.models.registry import config_from_dict, validation_metric
+from dgm.training.config import TrainConfig
+from dgm.training.ray_train import build_job, make_trainer, prepare_cluster
+from dgm.tuning.config import TuneConfig
+from dgm.tuning.space import Dimension, apply_overrides, grid_points, to_param_space
 
 TRIAL_TAG = "dgm.trial_id"
-
-
-# --- checks before anything starts -----------------------------------------------------------
-def check_resources(cfg: TuneConfig, use_gpu: bool) -> None:
-    """Fail at once when a trial can never be placed, instead of waiting forever."""
-    resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 0)
-    need = cfg.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
-    if need > cpus:
-        raise DgmError(f"a trial needs {need:g} CPUs (tune.trial_cpus + tune.num_workers × "
-                       f"tune.cpus_per_worker) but the Ray cluster has {cpus:g}")
-    biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-    for what, amount in (("tune.trial_cpus", cfg.trial_cpus),
-                         ("tune.cpus_per_worker", cfg.cpus_per_worker)):
-        if amount > biggest:
-            raise DgmError(f"{what} is {amount:g} CPUs but no node of the Ray cluster has "
-                           f"more than {biggest:g}")
-    gpus = resources.get("GPU", 0)
-    if use_gpu and gpus < cfg.num_workers:
-        raise DgmError(f"tune.use_gpu needs {cfg.num_workers} GPUs but the cluster has {gpus:g}")
-
-
-def concurrency(cfg: TuneConfig) -> int:
-    """Trials that fit the cluster at once: more would each hold their driver's CPUs while
-    their Train workers wait for the rest, and the study would never progress."""
-    need = cfg.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
-    cpus = ray.cluster_resources().get("CPU", 0)
-    fits = max(1, int(cpus // need))
-    if cfg.max_concurrent_trials > fits:
-        print(f"tune: {fits} trial(s) at a time (tune.max_concurrent_trials is "
-              f"{cfg.max_concurrent_trials}, but each trial needs {need:g} of the cluster's "
-              f"{cpus:g} CPUs)", flush=True)
-    return min(cfg.max_concurrent_trials, fits)
-
-
-def check_storage(storage: str, shared: bool) -> None:
-    """A local ``storage_path`` serves a multi-node cluster only if declared shared."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) > 1 and "://" not in storage and not shared:
-        raise DgmError(f"tune.storage_path {storage} is a local path but the Ray cluster has "
-                       f"{len(nodes)} nodes: use a URI (s3://, gs://) or a path every node "
-                       "mounts, with tune.shared_storage: true")
 
 
 # --- the trial ----------------------------------------------------------------------------------
@@ -89,6 +50,8 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     whose rank 0 reports the val metric to Tune each epoch."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from dgm.evaluation.validation import ValidationCallback
+    from dgm.tracking.callbacks import MLflowEpochLogger
     from dgm.tracking.mlflow_runs import RunLogger, start_child_run
 
     trial_id = tune.get_context().get_trial_id()
@@ -102,13 +65,14 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
         {"dgm.stage": "tune-trial", "dgm.node_id": node_id, "dgm.study": job["study"],
          "dgm.trial_process": str(os.getpid())},
         job["tracking_uri"])
-    worker_job = build_job(Path(job["dataset_dir"]), model_cfg, train_cfg, run_id,
-                           job["tracking_uri"], job["validation"])
-    use_gpu = decide_use_gpu(train_cfg.use_gpu, train_cfg.num_workers)
+    callbacks = [ValidationCallback(job["validation"]),  # adds val_<metric> before logging
+                 MLflowEpochLogger(run_id, job["tracking_uri"], train_cfg.sample_every)]
+    worker_job = build_job(Path(job["dataset_dir"]), model_cfg, train_cfg, callbacks)
+    use_gpu = decide_use_gpu(train_cfg.use_gpu, train_cfg.num_workers, "tune.use_gpu")
     report = TuneReportCallback()
     trainer = make_trainer(worker_job, train_cfg, job["train_storage"], trial_id, use_gpu,
                            callbacks=[report])
-    os.environ.update(controller_environment(train_cfg))
+    apply_train_environment(train_cfg.report_interval_s)
     stopped = abort_train_run_when_stopped(report)
     try:
         trainer.fit()
@@ -118,40 +82,6 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
         RunLogger(run_id, job["tracking_uri"]).end("FAILED", root_cause(exc))
         raise
     RunLogger(run_id, job["tracking_uri"]).end("FINISHED")
-
-
-# Seconds Tune waits for a stopped trial's function to return before it reuses the trial's
-# actor for the next trial (Ray's default of 2 s is shorter than a Train run's shutdown).
-TRIAL_RESET_TIMEOUT_S = 60
-
-
-def abort_train_run_when_stopped(report) -> threading.Event:
-    """End this trial's Ray Train run as soon as Tune stops the trial; the returned event
-    is set once that happened.
-
-    A trial stopped by ASHA is still inside ``TorchTrainer.fit``: its controller blocks on
-    the report queue that nobody reads any more. Tune signals the stop through the trial
-    session's stop event (before reusing the actor, or before killing it); this watcher then
-    removes the report queue, the controller's next report fails, and the controller shuts
-    its workers down and returns, so ``fit`` raises and the actor is free for the next trial.
-    """
-    from ray.train._internal.session import get_session
-
-    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(TRIAL_RESET_TIMEOUT_S)
-    stop = get_session().stop_event
-    queue = report._training_actor_item_queue
-    stopped = threading.Event()
-
-    def watch() -> None:
-        stop.wait()
-        stopped.set()
-        try:
-            ray.kill(queue.actor)
-        except Exception:  # noqa: BLE001 - the queue is already gone with its trial
-            pass
-
-    threading.Thread(target=watch, name="dgm-trial-stop", daemon=True).start()
-    return stopped
 
 
 def ending(epoch: int | None, job: dict[str, Any]) -> tuple[str, str | None]:
@@ -204,10 +134,9 @@ class StudyResult:
     curves: list[dict[str, Any]]  # trial, epoch, score
 
 
-def trial_train_config(params: Params) -> TrainConfig:
+def trial_train_config(train: TrainConfig, cfg: TuneConfig) -> TrainConfig:
     """The training of one trial: the train params with the study's budget and resources."""
-    cfg = params.tune
-    return params.train.model_copy(update={
+    return train.model_copy(update={
         "epochs": cfg.epochs, "max_steps": cfg.max_steps, "num_workers": cfg.num_workers,
         "cpus_per_worker": cfg.cpus_per_worker, "use_gpu": cfg.use_gpu})
 
@@ -223,8 +152,8 @@ def optuna_searcher(cfg: TuneConfig):
                                                            n_startup_trials=startup))
 
 
-def make_tuner(trainable, space, cfg: TuneConfig, key: str, storage: str, study: str,
-               callbacks: list, concurrency: int):
+def make_tuner(trainable, space, cfg: TuneConfig, key: str, mode: str, storage: str,
+               study: str, callbacks: list, concurrency: int):
     """The ``Tuner`` of a fresh study (at most ``concurrency`` trials at once)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -250,7 +179,7 @@ def make_tuner(trainable, space, cfg: TuneConfig, key: str, storage: str, study:
                  if cfg.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=key, mode=cfg.mode, search_alg=search_alg,
+        tune_config=tune.TuneConfig(metric=key, mode=mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
                                     # A trial's actor serves the next trial: a stopped
@@ -275,71 +204,84 @@ def trainable_for(job: dict[str, Any], cfg: TuneConfig):
     return tune.with_resources(tune.with_parameters(function, job=job), {"cpu": cfg.trial_cpus})
 
 
-def run_study(params: Params, model_name: str, *, dataset_dir: Path, evaluator_dir: Path,
-              storage_path: Path, tracking_uri: str, pointer: Path,
-              resume: bool = False) -> StudyResult:
-    """Search model ``model_name``'s space; return the trials and the best one.
+@dataclass
+class StudyPlan:
+    """What a study searches and where it reads and writes (besides its ``TuneConfig``)."""
 
-    ``pointer`` records the study (name, storage, parent run) so ``resume`` finds it.
-    """
+    model_name: str
+    model_config: ModelConfigBase
+    space: dict[str, Dimension]
+    dataset: str
+    dataset_dir: Path
+    evaluator_dir: Path
+    storage_path: Path  # default of tune.storage_path
+    tracking_uri: str
+    experiment: str
+    pointer: Path  # records the study (name, storage, parent run) so ``resume`` finds it
+    eval_seed: int = 0
+    metric_options: MetricOptions | None = None
+
+
+def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
+              resume: bool = False) -> StudyResult:
+    """Search ``plan``'s space; return the trials and the best one."""
     from dgm.tracking.mlflow_runs import reopen_run, start_run
 
-    cfg = params.tune
-    model_cfg = params.model(model_name)
-    space = params.search_space(model_name)
-    metric = cfg.metric or default_metric(model_cfg.family)
-    key = f"val_{metric}"
-    ensure_ray()
-    use_gpu = decide_use_gpu(cfg.use_gpu, cfg.num_workers)
-    check_resources(cfg, use_gpu)
-    experiment = f"dgm-{params.data.name}"
+    metric = cfg.metric or validation_metric(plan.model_config.family)
+    key, mode = f"val_{metric}", cfg.mode or metric_mode(metric)
+    trial_train = trial_train_config(train, cfg)
+    prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus)
     if resume:
-        if not pointer.is_file():
-            raise DgmError(f"--resume: no earlier study of {model_name} ({pointer} is missing)")
-        record = json.loads(pointer.read_text())
+        if not plan.pointer.is_file():
+            raise DgmError(f"--resume: no earlier study of {plan.model_name} ({plan.pointer} "
+                           "is missing)")
+        record = json.loads(plan.pointer.read_text())
         study, storage, parent_run_id = (record["study"], record["storage"],
                                          record["parent_run_id"])
         check_storage(storage, cfg.shared_storage)
         if not tune.Tuner.can_restore(f"{storage}/{study}"):
             raise DgmError(f"--resume: {storage}/{study} holds no restorable study")
-        reopen_run(parent_run_id, tracking_uri)
+        reopen_run(parent_run_id, plan.tracking_uri)
     else:
-        storage = storage_location(cfg.storage_path or storage_path)
+        storage = storage_location(cfg.storage_path or plan.storage_path)
         check_storage(storage, cfg.shared_storage)
-        study = f"tune-{params.data.name}-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        study = f"tune-{plan.dataset}-{plan.model_name}-{timestamp()}"
         parent_run_id = start_run(
-            experiment, study,
-            {"tune": cfg.model_dump(exclude={"space"}), "model": model_cfg.model_dump(),
-             "space": {k: v.model_dump(exclude_none=True) for k, v in space.items()}},
-            {"dgm.stage": "tune", "dgm.dataset": params.data.name, "dgm.model": model_name},
-            uri=tracking_uri)
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.write_text(json.dumps({"study": study, "storage": storage,
-                                       "parent_run_id": parent_run_id}))
+            plan.experiment, study,
+            {"tune": cfg.model_dump(exclude={"space"}), "model": plan.model_config.model_dump(),
+             "space": {k: v.model_dump(exclude_none=True) for k, v in plan.space.items()}},
+            {"dgm.stage": "tune", "dgm.dataset": plan.dataset, "dgm.model": plan.model_name},
+            uri=plan.tracking_uri)
+        plan.pointer.parent.mkdir(parents=True, exist_ok=True)
+        plan.pointer.write_text(json.dumps({"study": study, "storage": storage,
+                                            "parent_run_id": parent_run_id}))
+    data_dir = str(Path(plan.dataset_dir).resolve())
+    options = plan.metric_options or MetricOptions()
     job = {
-        "study": study, "experiment": experiment, "parent_run_id": parent_run_id,
-        "tracking_uri": tracking_uri, "dataset_dir": str(Path(dataset_dir).resolve()),
-        "model": model_cfg.model_dump(), "train": trial_train_config(params).model_dump(),
+        "study": study, "experiment": plan.experiment, "parent_run_id": parent_run_id,
+        "tracking_uri": plan.tracking_uri, "dataset_dir": data_dir,
+        "model": plan.model_config.model_dump(), "train": trial_train.model_dump(),
         "train_storage": f"{storage}/{study}-train",
-        "validation": {"metric": metric, "data_dir": str(Path(dataset_dir).resolve()),
-                       "evaluator_dir": str(Path(evaluator_dir).resolve()),
-                       "num_samples": cfg.eval_samples, "seed": params.evaluate.seed,
+        "validation": {"metric": metric, "data_dir": data_dir,
+                       "evaluator_dir": str(Path(plan.evaluator_dir).resolve()),
+                       "num_samples": cfg.eval_samples, "seed": plan.eval_seed,
                        "importance_samples": cfg.nll_importance_samples,
-                       "max_images": cfg.nll_max_images,
-                       "options": params.evaluate.metric_options.model_dump()},
+                       "max_images": cfg.nll_max_images, "options": options.model_dump()},
     }
-    total = len(grid_points(space)) if cfg.searcher == "grid" else cfg.num_samples
+    total = len(grid_points(plan.space)) if cfg.searcher == "grid" else cfg.num_samples
     callbacks = [TrialRuns(job, key, total)]
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # study state saved each second
+    apply_tune_environment()
     if resume:  # the restored study keeps its run config (and callbacks)
         tuner = tune.Tuner.restore(f"{storage}/{study}", trainable_for(job, cfg),
                                    resume_unfinished=True, resume_errored=True)
     else:
-        tuner = make_tuner(trainable_for(job, cfg), space, cfg, key, storage, study, callbacks,
-                           concurrency(cfg))
+        need = cfg.trial_cpus + cfg.num_workers * cfg.cpus_per_worker
+        tuner = make_tuner(trainable_for(job, cfg), plan.space, cfg, key, mode, storage, study,
+                           callbacks, concurrency(need, cfg.max_concurrent_trials,
+                                                  "tune.max_concurrent_trials"))
     grid = tuner.fit()
-    check_complete(f"{storage}/{study}", total, model_name)
-    return collect(grid, key, cfg.mode, study, parent_run_id, job)
+    check_complete(f"{storage}/{study}", total, plan.model_name)
+    return collect(grid, key, mode, study, parent_run_id, job)
 
 
 def check_complete(path: str, total: int, model_name: str) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import digits_project
 
 from dgm.data.loading import to_float_tensor
 from dgm.data.parquet import read_split
 from dgm.errors import DgmError
-from dgm.evaluation.likelihood import negative_log_likelihood
-from dgm.evaluation.validation import ValidationScorer, check_metric, default_metric
-from dgm.models.registry import build_model, config_from_dict
+from dgm.evaluation.likelihood import check_metric, negative_log_likelihood
+from dgm.evaluation.validation import ValidationScorer
+from dgm.models.registry import build_model, config_from_dict, validation_metric
 
 
 class ReplayModel:
@@ -28,13 +29,19 @@ class ReplayModel:
         return x.permute(0, 3, 1, 2)
 
 
+@pytest.fixture(scope="module")
+def tune_project(tmp_path_factory, digits_dir, digits_evaluator):
+    """A digits project with a copy of the session's evaluator."""
+    return digits_project(tmp_path_factory.mktemp("validation"), digits_dir, digits_evaluator[0])
+
+
 def paths(project):
     return project / "artifacts/data/digits", project / "artifacts/evaluator/digits"
 
 
 def test_defaults_per_family():
-    assert default_metric("gan") == "fid"
-    assert default_metric("vae") == default_metric("rbm") == "nll_nats"
+    assert validation_metric("gan") == "fid"
+    assert validation_metric("vae") == validation_metric("rbm") == "nll_nats"
     assert check_metric("kid") == "kid"
     with pytest.raises(DgmError, match="unknown validation metric"):
         check_metric("fidd")

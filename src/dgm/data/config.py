@@ -1,0 +1,27 @@
+"""The ``data`` section of the params: which dataset, how it is split and sharded."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from dgm.section import Section
+
+
+class StackedConfig(Section):
+    """Stacked datasets (``stacked-mnist``): images drawn per split and their seed."""
+
+    train_size: Annotated[int, Field(gt=1)] = 60_000
+    test_size: Annotated[int, Field(gt=1)] = 10_000
+    seed: int = 0
+
+
+class DataConfig(Section):
+    name: str = "digits"
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # datasets without a test split
+    seed: int = 0
+    shard_rows: Annotated[int, Field(gt=0)] = 20_000
+    allow_download: bool = False
+    stacked: StackedConfig = StackedConfig()

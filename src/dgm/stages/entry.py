@@ -1,0 +1,45 @@
+"""How a stage is entered, from ``dgm`` or from its DVC script: user errors become one line
+on stderr and exit status 2; noisy libraries are quietened first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dgm.errors import DgmError
+
+PARAMS_FILE = "configs/params.yaml"
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``dgm: error: message`` on stderr and exit with ``code``."""
+    print(f"dgm: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; turn user errors into one line on stderr and exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except DgmError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+def quiet_libraries() -> None:
+    """No INFO chatter from MLflow, and no artifact progress bars on stderr (noise before a
+    result and, on an error, a second line beside the one-line message)."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def run_stage(run: Callable[..., Any], *args: str, params: str = PARAMS_FILE) -> None:
+    """Entry of a DVC stage script: ``run(load_params(params), *args)``, guarded."""
+    from dgm.config import load_params
+
+    quiet_libraries()
+    guarded(lambda: run(load_params(params), *args))

@@ -1,0 +1,91 @@
+"""Where each stage writes under ``artifacts/``, and the JSON files stages exchange."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dgm.config import Params
+from dgm.errors import DgmError
+from dgm.paths import atomic_path, project_root
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, for one dataset."""
+
+    root: Path
+    dataset: str
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def raw_dir(self) -> Path:
+        """The DVC-tracked raw data (``data.dvc``)."""
+        return self.root / "data"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.artifacts / "data" / self.dataset
+
+    @property
+    def evaluator_dir(self) -> Path:
+        return self.artifacts / "evaluator" / self.dataset
+
+    def model_dir(self, model: str) -> Path:
+        return self.artifacts / "models" / self.dataset / model
+
+    def eval_dir(self, model: str) -> Path:
+        return self.artifacts / "eval" / self.dataset / model
+
+    @property
+    def eval_root(self) -> Path:
+        return self.artifacts / "eval" / self.dataset
+
+    def report_file(self) -> Path:
+        return self.artifacts / "reports" / f"{self.dataset}.md"
+
+    def registry_file(self, model: str) -> Path:
+        return self.artifacts / "registry" / self.dataset / f"{model}.json"
+
+    def samples_file(self, model: str) -> Path:
+        return self.artifacts / "samples" / self.dataset / f"{model}.parquet"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.artifacts / "ray_results"
+
+    def tune_dir(self, model: str) -> Path:
+        """The `tune` stage's outputs: best.yaml, results.parquet, curves.csv."""
+        return self.artifacts / "tune" / self.dataset / model
+
+    def study_pointer(self, model: str) -> Path:
+        """Which study ``dgm tune --resume`` continues (name, storage, MLflow parent run)."""
+        return self.ray_storage / ".tune" / f"{self.dataset}-{model}.json"
+
+    def run_pointer(self, run_name: str) -> Path:
+        """The MLflow run of Ray Train run ``run_name`` (what ``--resume`` logs to)."""
+        return self.ray_storage / ".mlflow" / f"{run_name}.json"
+
+
+def layout(params: Params, root: Path | None = None) -> Layout:
+    """The layout of ``params``' dataset under ``root`` (default: the project root)."""
+    return Layout(root=(root or project_root()).resolve(), dataset=params.data.name)
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a one-line error naming ``what`` when it is missing."""
+    if not path.is_file():
+        raise DgmError(f"{what} not found: {path}")
+    return json.loads(path.read_text())

@@ -1,0 +1,102 @@
+"""DVC stage `train@MODEL`: Ray Train run of one model, tracked in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dgm.cluster import latest_run_name, timestamp
+from dgm.config import Params
+from dgm.data.parquet import read_meta
+from dgm.errors import DgmError
+from dgm.models.registry import check_classes
+from dgm.stages.layout import Layout, layout, read_json, write_json
+from dgm.tracking.callbacks import MLflowEpochLogger
+from dgm.tracking.lineage import collect_lineage, tag_run
+from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri
+from dgm.tracking.names import experiment_name
+from dgm.tracking.pyfunc import log_generator
+from dgm.training import ray_train
+from dgm.training.loop import BOOKKEEPING_KEYS
+from dgm.tuning.results import tuned_config
+
+
+def model_config(params: Params, model_name: str, lay: Layout, quiet: bool = False):
+    """``models.<name>`` with the `tune` stage's best params applied (when it tuned the
+    model); returns (config, the best.yaml record or None)."""
+    return tuned_config(params.model(model_name), lay.tune_dir(model_name) / "best.yaml",
+                        model_name, quiet=quiet)
+
+
+def lineage(params: Params, model_name: str, lay: Layout, config=None) -> dict[str, str]:
+    """The ``dgm.lineage.*`` tags of training ``model_name`` (``config``: what is trained;
+    default: the tuned config)."""
+    config = config or model_config(params, model_name, lay, quiet=True)[0]
+    return collect_lineage(root=lay.root, dataset=params.data.name, data_dir=lay.data_dir,
+                           evaluator_file=lay.evaluator_dir / "classifier.pt",
+                           model_config=config, train_config=params.train,
+                           stage=f"train@{model_name}")
+
+
+def run(params: Params, model_name: str, root: Path | None = None, run_name: str | None = None,
+        resume: bool = False) -> dict[str, Any]:
+    """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs."""
+    lay = layout(params, root)
+    config, tuned = model_config(params, model_name, lay)
+    meta = read_meta(lay.data_dir / "train")
+    check_classes(config, len(meta.class_names), meta.name, model_name)
+    prefix = f"{params.data.name}-{model_name}-"
+    if resume:
+        run_name = run_name or latest_run_name(lay.ray_storage, prefix)
+        if run_name is None:
+            raise DgmError(f"--resume: no earlier run {prefix}* under {lay.ray_storage}")
+    run_name = run_name or prefix + timestamp()
+    uri = tracking_uri(lay.root)
+    run_file = lay.run_pointer(run_name)
+    if resume and run_file.is_file():
+        run_id = read_json(run_file, "MLflow run record")["run_id"]
+    else:
+        run_id = start_run(
+            experiment_name(params.data.name), run_name,
+            {"data": params.data.model_dump(), "model": config.model_dump(),
+             "train": params.train.model_dump()},
+            {"dgm.stage": "train", "dgm.dataset": params.data.name, "dgm.model": model_name,
+             **({"dgm.tuned_by": tuned["study"]} if tuned else {})},
+            uri=uri,
+        )
+        write_json({"run_id": run_id}, run_file)
+    tag_run(run_id, lineage(params, model_name, lay, config), uri)  # on resume too
+    logger = RunLogger(run_id, uri)
+    try:
+        history, state = ray_train.fit(
+            dataset_dir=lay.data_dir, model_config=config, train_config=params.train,
+            storage_path=lay.ray_storage, run_name=run_name,
+            callbacks=[MLflowEpochLogger(run_id, uri, params.train.sample_every)],
+        )
+    except KeyboardInterrupt:
+        logger.end("KILLED", "interrupted; resume with --resume")
+        raise
+    except BaseException as exc:
+        reason = logger.client.get_run(run_id).data.tags.get("dgm.failure_reason")
+        logger.end("FAILED", reason or str(exc))
+        if reason:
+            raise DgmError(f"training stopped: {reason}") from None
+        raise
+    out = lay.model_dir(model_name)
+    generator_path = ray_train.write_outputs(
+        state, history, out,
+        extra={"dataset": meta.name, "class_names": list(meta.class_names),
+               "checksums": dict(meta.checksums)},
+    )
+    logger.log_file(out / "history.csv", "curves")
+    keys = [k for k in history[0] if k not in BOOKKEEPING_KEYS] if history else []
+    epochs = [row["epoch"] for row in history]
+    logger.log_lines({k: (epochs, [row[k] for row in history]) for k in keys},
+                     "curves/loss_curves.png", "epoch")
+    model_uri = log_generator(run_id, generator_path, meta.shape_chw, uri)
+    logger.end("FINISHED")
+    info = {"run_id": run_id, "model_uri": model_uri, "run_name": run_name,
+            "dataset": params.data.name, "model": model_name, "epochs": len(history),
+            "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {}}
+    write_json(info, out / "run.json")
+    return info

@@ -1,0 +1,45 @@
+"""The ``train`` section of the params, and early stopping (also a model of the section)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from dgm.models.base import ScheduleConfig
+from dgm.section import Section
+
+
+class EarlyStopping(Section):
+    """Stop when ``metric`` (a history key, e.g. ``val_loss``) has not improved by more than
+    ``min_delta`` for ``patience`` epochs; the best epoch's weights are restored."""
+
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int | None = Field(None, gt=0, description="null: no early stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best - self.min_delta if self.mode == "min" else (
+            value > best + self.min_delta)
+
+
+class TrainConfig(Section):
+    epochs: Annotated[int, Field(gt=0)] = 30
+    max_steps: Annotated[int, Field(gt=0)] | None = None  # stop at epochs or steps, first hit
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    use_gpu: Literal["auto"] | bool = "auto"
+    seed: int = 0
+    sample_every: Annotated[int, Field(gt=0)] = 5
+    max_failures: Annotated[int, Field(ge=0)] = 0
+    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    lr_schedule: ScheduleConfig = ScheduleConfig()  # every optimizer, stepped per epoch
+    early_stopping: EarlyStopping = EarlyStopping()  # on a validation metric (patience null: off)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
+    # Ray Train V2 collects worker reports at this interval and each report waits for the
+    # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
+    report_interval_s: Annotated[float, Field(gt=0)] = 0.1
