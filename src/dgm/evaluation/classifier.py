@@ -157,7 +157,8 @@ def train_classifier(
         if step >= total_steps:
             break
     model.load_state_dict(best)
-    model.eval()
+    # back to the default layout: the features then match a loaded copy's to the bit
+    model.to(memory_format=torch.contiguous_format).eval()
     return model, FitReport(best_epoch=best_epoch, val_accuracy=best_acc, epochs_run=epoch)
 
 

@@ -81,7 +81,10 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             return
         RunLogger(run_id, job["tracking_uri"]).end("FAILED", root_cause(exc))
         raise
-    RunLogger(run_id, job["tracking_uri"]).end("FINISHED")
+    # Stopped after its last report was queued, the run may still finish its epochs: the
+    # trial ended when the scheduler stopped it, and the driver ends its run (KILLED).
+    if not stopped.is_set():
+        RunLogger(run_id, job["tracking_uri"]).end("FINISHED")
 
 
 def ending(epoch: int | None, job: dict[str, Any]) -> tuple[str, str | None]:

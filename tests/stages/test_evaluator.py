@@ -1,4 +1,4 @@
-"""The `evaluator` step end to end on digits and stacked digits (fast, no MNIST)."""
+"""The `evaluator` stage end to end on digits and stacked digits (fast, no MNIST)."""
 
 from __future__ import annotations
 
