@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -19,29 +20,38 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
-# --- scheduling over two pytest-xdist workers (pyproject: -n 2 --dist loadgroup) ----------
+# --- scheduling over two pytest-xdist workers (pyproject: -n 2) ------------------------------
 RAY_GROUP = "ray"
-# The longest groups, queued first so the two workers finish together: the session-Ray
-# tests (~5 min), the MNIST evaluators (~5.5 min), the `dvc repro` pipeline (~4 min).
+# The longest groups, queued first so that the two workers finish together: the tests of the
+# session's Ray (~5 min), the MNIST evaluators (~5 min), the `dvc repro` pipeline (~4 min).
 FIRST = (RAY_GROUP, "tests/integration/test_evaluator_acceptance.py",
          "tests/integration/test_pipeline.py")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Each module is one xdist group (its module fixtures run once), every module that uses
-    the session's Ray joins the group ``ray`` (one Ray per test session, on one worker), and
-    the longest groups come first. Without xdist only the order changes."""
-    def module(item) -> str:
-        return item.nodeid.split("::", 1)[0]
+@functools.cache
+def work_group(module: str) -> str:
+    """The xdist work unit of a test module: ``ray`` for every module that uses the session's
+    Ray (one Ray per test session, so all of them on one worker), else the module itself
+    (its module-scoped fixtures then run once)."""
+    source = REPO / module
+    return RAY_GROUP if source.is_file() and "ray_session" in source.read_text() else module
 
-    ray_modules = {module(item) for item in items if "ray_session" in item.fixturenames}
-    groups = {item.nodeid: RAY_GROUP if module(item) in ray_modules else module(item)
-              for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+
+def pytest_xdist_make_scheduler(config, log):
+    """Work units by :func:`work_group`, sent in collection order (longest first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_group(nodeid.split("::", 1)[0])
+
+    return WorkGroups(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest work groups first (:data:`FIRST`), the rest in collection order."""
     rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(FIRST)))
+    items.sort(key=lambda item: rank.get(work_group(item.nodeid.split("::", 1)[0]), len(FIRST)))
 
 
 def mnist_mirror() -> Path | None:
