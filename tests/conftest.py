@@ -22,10 +22,21 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # --- scheduling over two pytest-xdist workers (pyproject: -n 2) ------------------------------
 RAY_GROUP = "ray"
-# The longest groups, queued first so that the two workers finish together: the tests of the
-# session's Ray (~5 min), the MNIST evaluators (~5 min), the `dvc repro` pipeline (~4 min).
-FIRST = (RAY_GROUP, "tests/integration/test_evaluator_acceptance.py",
-         "tests/integration/test_pipeline.py")
+# The longest groups, queued first and in this order so that the two workers finish
+# together: worker 1 takes MNIST then the `dvc repro` pipeline, worker 2 the session's Ray
+# then Fashion-MNIST (each about 5 + 4 min on one core); the short modules fill in after.
+FIRST = ("tests/integration/test_evaluator_acceptance.py", RAY_GROUP,
+         "tests/integration/test_pipeline.py", "tests/integration/test_fashion_evaluator.py")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def pytest_configure(config):
+    """A pytest-xdist worker computes on one thread (torch, BLAS, and the processes it
+    starts): two workers on two cores, never more threads than cores. Oversubscribed OpenMP
+    threads spin against each other and against Ray's processes (Ray tests ran 2-7x slower
+    beside a two-thread training)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.update(ONE_THREAD)
 
 
 @functools.cache

@@ -127,18 +127,3 @@ def test_stacked_mnist_real_data_covers_the_modes(mnist, tmp_path):
     assert values["mode_kl"] < 0.05
     true_modes = np.concatenate([train.labels, read_split(data, "val").labels])
     assert (gen.probs.argmax(1) == true_modes).mean() > 0.96
-
-
-@pytest.fixture(scope="module")
-def fashion(real_data_env, tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("fashion"), "fashion-mnist")
-    params = load_params(root / "configs" / "params.yaml")
-    params.data.name = "fashion-mnist"
-    return train_evaluator(params, root=root)
-
-
-def test_fashion_mnist_evaluator_accuracy_and_floors(fashion):
-    assert fashion["test_accuracy"] >= 0.90
-    assert 0 <= fashion["floor_fid"] < 1.0
-    assert fashion["floor_modes_covered"] == 10
-    assert fashion["floor_class_kl"] < 0.01
