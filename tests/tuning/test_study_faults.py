@@ -45,7 +45,8 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_resume_after_the_driver_is_killed(ray_session, tune_project, tmp_path):
-    params = study_params(num_samples=3, epochs=2, scheduler="fifo", searcher="random")
+    params = study_params(num_samples=3, epochs=2, scheduler="fifo", searcher="random",
+                          num_workers=1, cpus_per_worker=1)  # resume needs no DDP
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     lay = Layout(tune_project, "digits")
@@ -110,7 +111,7 @@ def cluster(ray_session):
 
 def test_multi_node_study_survives_losing_a_node(cluster, tune_project):
     c, nodes = cluster
-    spec = study_params(num_samples=4, epochs=2, max_concurrent_trials=2, num_workers=1,
+    spec = study_params(num_samples=3, epochs=2, max_concurrent_trials=2, num_workers=1,
                         cpus_per_worker=1, scheduler="fifo", searcher="random",
                         max_failures=3)
     with pytest.raises(DgmError, match=r"local path but the Ray cluster has 4 nodes"):
@@ -144,7 +145,7 @@ def test_multi_node_study_survives_losing_a_node(cluster, tune_project):
     assert not runner.is_alive(), "the study did not finish"
     record = outcome["record"]
     table = pq.read_table(lay.tune_dir("gan") / "results.parquet").to_pylist()
-    assert len(table) == 4 and {row["status"] for row in table} == {"TERMINATED"}
+    assert len(table) == 3 and {row["status"] for row in table} == {"TERMINATED"}
     assert all(row["epochs"] == 2 for row in table)
     # the lost node's trial was retried and ended, all its epochs run, on the other node
     (lost,) = [row for row in table if row["trial_id"] == lost_trial]
