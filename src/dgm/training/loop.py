@@ -103,17 +103,20 @@ def train_epochs(
     history rows of earlier epochs (on resume), used to pick up the early-stopping state.
     """
     try:
-        return _train_epochs(model, loader, epochs, start_epoch, max_steps, start_step,
-                             on_epoch_end, list(callbacks), log, val_loader, early_stopping,
-                             precision, previous)
+        return _train_epochs(
+            model, loader, epochs=epochs, start_epoch=start_epoch, max_steps=max_steps,
+            start_step=start_step, on_epoch_end=on_epoch_end, callbacks=list(callbacks),
+            log=log, val_loader=val_loader, early_stopping=early_stopping,
+            precision=precision, previous=previous)
     except Exception as exc:
         for callback in callbacks:
             callback.on_failure(exc)
         raise
 
 
-def _train_epochs(model, loader, epochs, start_epoch, max_steps, start_step, on_epoch_end,
+def _train_epochs(model, loader, *, epochs, start_epoch, max_steps, start_step, on_epoch_end,
                   callbacks, log, val_loader, early_stopping, precision, previous):
+    """The body of :func:`train_epochs` (which reports its failures to the callbacks)."""
     model.train()
     history = []
     step = start_step
