@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()
         ray_history, _ = ray_train.fit(dataset_dir=data_dir, model_config=model_cfg,
-                                       train_config=train_cfg, storage_path=Path(storage),
+                                       train_config=train_cfg, storage_path=storage,
                                        run_name="overhead")
         ray_wall_s = time.perf_counter() - started
     bare_after = bare_run()  # bare runs on both sides of Ray's, against drift

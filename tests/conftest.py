@@ -37,6 +37,9 @@ def pytest_configure(config):
     beside a two-thread training)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.update(ONE_THREAD)
+    # Every Ray a test starts is its own: never join another test process's Ray (the
+    # isolated-cluster tests name their head in RAY_ADDRESS explicitly).
+    os.environ["RAY_ADDRESS"] = "local"
 
 
 @functools.cache

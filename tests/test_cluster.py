@@ -57,21 +57,15 @@ def test_the_environment_settings_are_still_read_by_ray():
     assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" in inspect.getsource(function_trainable)
 
 
-def test_storage_location_keeps_uris_and_makes_paths_absolute(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert cluster.storage_location("s3://bucket/x") == "s3://bucket/x"
-    assert cluster.storage_location("runs") == str(tmp_path / "runs")
-
-
 def test_latest_run_name_picks_the_newest_with_the_prefix(tmp_path):
     import os
 
     for i, name in enumerate(["digits-gan-1", "digits-vae-2", "digits-gan-3"]):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1000 + i, 1000 + i))
-    assert cluster.latest_run_name(tmp_path, "digits-gan-") == "digits-gan-3"
-    assert cluster.latest_run_name(tmp_path, "digits-rbm-") is None
-    assert cluster.latest_run_name(tmp_path / "missing", "digits-") is None
+    assert cluster.latest_run_name(str(tmp_path), "digits-gan-") == "digits-gan-3"
+    assert cluster.latest_run_name(str(tmp_path), "digits-rbm-") is None
+    assert cluster.latest_run_name(str(tmp_path / "missing"), "digits-") is None
 
 
 def test_root_cause_is_the_last_error_line():

@@ -8,11 +8,19 @@ they serve: ``training/ray_train.py``, ``tuning/`` and ``generation/``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -23,10 +31,173 @@ CHECKED_RAY_VERSION = "2.60.0"
 
 
 # --- joining ---------------------------------------------------------------------------------
+def running_cluster_address() -> str | None:
+    """The GCS address of a Ray started on this machine (``ray start``) that answers, else
+    None (a stale ``ray_current_cluster`` file of a dead Ray is not joined)."""
+    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        address = marker.read_text().strip().splitlines()[0]
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def code_runtime_env() -> dict:
+    """A runtime environment that ships this ``dgm`` package to every worker process of a
+    cluster the driver joins (nodes run the job's code, not whatever their image has)."""
+    import dgm
+
+    return {"py_modules": [str(Path(dgm.__file__).parent)]}
+
+
 def ensure_ray() -> None:
-    """Connect to ``$RAY_ADDRESS`` if set, else start a local Ray (unless one is running)."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    """Join ``$RAY_ADDRESS`` if set, else a Ray already running on this machine, else start a
+    local one (``RAY_ADDRESS=local`` always starts one). A joined cluster gets this ``dgm``
+    through the job's runtime environment."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or running_cluster_address() or "local"
+    if address == "local":
+        ray.init(address="local", logging_level="WARNING")
+        return
+    # Ray merges this with the runtime environment of a submitted job (`ray job submit
+    # --working-dir .`); a job that ships its own py_modules keeps them.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    ships_code = "py_modules" in (job.get("runtime_env") or {})
+    try:
+        ray.init(address=address, logging_level="WARNING",
+                 runtime_env=None if ships_code else code_runtime_env())
+    except ConnectionError as exc:
+        raise DgmError(f"cannot join the Ray cluster at {address}: "
+                       f"{str(exc).splitlines()[0]}") from None
+
+
+def code_version() -> str:
+    """A digest of this ``dgm`` package's source: equal on the driver and every worker when
+    both run the same code."""
+    return _code_version(str(Path(__file__).parent))
+
+
+@functools.cache
+def _code_version(package: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(package).rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_code_version(expected: str, where: str) -> None:
+    """Refuse to run code other than the driver's (a stale image on a node)."""
+    mine = code_version()
+    if mine != expected:
+        node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "?"
+        raise DgmError(f"{where} on node {node} runs dgm code {mine}, the driver's is "
+                       f"{expected}: ship the code (join with RAY_ADDRESS, or `ray job submit "
+                       "--working-dir .`) or rebuild the image")
+
+
+def driver_node() -> str:
+    """The id of the node this process (the driver) runs on."""
+    return ray.get_runtime_context().get_node_id()
+
+
+def single_node() -> bool:
+    """Whether every alive node of the cluster is this process's node (a laptop's Ray)."""
+    here = driver_node()
+    return all(n["NodeID"] == here for n in ray.nodes() if n["Alive"])
+
+
+class DriverProxy:
+    """Calls an object living in an actor on the driver's node, synchronously (picklable:
+    it travels to Ray workers with their job). ``proxy.method(*args)`` returns the result."""
+
+    def __init__(self, handle) -> None:
+        self.__dict__["handle"] = handle
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        method = getattr(self.__dict__["handle"], name)
+        return lambda *args, **kwargs: ray.get(method.remote(*args, **kwargs))
+
+    def __getstate__(self):
+        return self.__dict__["handle"]
+
+    def __setstate__(self, handle) -> None:
+        self.__dict__["handle"] = handle
+
+
+def on_driver_node(cls: type, *args):
+    """``cls(*args)`` in a 0-CPU actor pinned to the driver's node, as a :class:`DriverProxy`:
+    how workers on other nodes reach what only the driver can (e.g. a SQLite MLflow store)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor = ray.remote(cls).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node(), soft=False))
+    return DriverProxy(actor.remote(*args))
+
+
+# --- directories shipped through the object store --------------------------------------------
+@dataclass(frozen=True)
+class ShippedDirectory:
+    """A directory of the driver travelling to Ray workers through the object store (a
+    prepared dataset, the evaluator, a model): a worker whose node sees the same files at
+    ``source`` uses them there, any other gets a copy in its node's temporary directory,
+    made once per content ``digest``."""
+
+    source: str
+    digest: str
+    ref: Any  # ObjectRef of {relative path: bytes}
+
+    def materialize(self) -> Path:
+        """A local directory holding the shipped files."""
+        source = Path(self.source)
+        if source.is_dir() and _directory_digest(source)[0] == self.digest:
+            return source
+        cache = Path(tempfile.gettempdir()) / "dgm-shipped" / self.digest
+        if (cache / ".complete").is_file():
+            return cache
+        blobs = ray.get(self.ref)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.digest}.", dir=cache.parent))
+        for name, data in blobs.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        (tmp / ".complete").touch()
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # another worker of this node made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cache
+
+
+def _directory_digest(path: Path) -> tuple[str, dict[str, bytes]]:
+    blobs = {p.relative_to(path).as_posix(): p.read_bytes()
+             for p in sorted(path.rglob("*")) if p.is_file()}
+    digest = hashlib.sha256()
+    for name, data in blobs.items():
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16], blobs
+
+
+def ship_directory(path: str | Path) -> ShippedDirectory:
+    """Put the files under ``path`` into the object store (Ray must be initialised)."""
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise DgmError(f"not a directory: {path}")
+    digest, blobs = _directory_digest(path)
+    return ShippedDirectory(str(path), digest, ray.put(blobs))
+
+
+def materialize(location: ShippedDirectory | str | Path) -> Path:
+    """A local path of a shipped directory, or the path itself."""
+    if isinstance(location, ShippedDirectory):
+        return location.materialize()
+    return Path(location)
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -87,28 +258,50 @@ def alive_nodes() -> int:
 
 
 # --- storage ---------------------------------------------------------------------------------
-def storage_location(path: str | Path) -> str:
-    """A URI (``s3://…``, ``gs://…``) as given; a local path made absolute (Ray needs it)."""
-    text = str(path)
-    return text if "://" in text else str(Path(text).resolve())
+def check_storage(storage: str | None, what: str = "cluster.storage") -> None:
+    """Refuse what nodes other than the driver's cannot use: no storage (null) on a
+    multi-node cluster, or a path that some node does not see (the node and path named)."""
+    if single_node():
+        return
+    if storage is None:
+        raise DgmError(f"{what} is null but the Ray cluster has {alive_nodes()} nodes: set it "
+                       "to a URI (s3://…, gs://…) or a path every node mounts")
+    if "://" not in storage:
+        check_visible(storage, what)
 
 
-def check_storage(storage: str, shared: bool, what: str = "tune.storage_path") -> None:
-    """A local storage path serves a multi-node cluster only if declared shared."""
-    nodes = alive_nodes()
-    if nodes > 1 and "://" not in storage and not shared:
-        raise DgmError(f"{what} {storage} is a local path but the Ray cluster has "
-                       f"{nodes} nodes: use a URI (s3://, gs://) or a path every node "
-                       "mounts, with tune.shared_storage: true")
+def check_visible(path: str, what: str) -> None:
+    """Every alive node sees the directory ``path``: the driver leaves a marker there and a
+    0-CPU task on each node looks for it (within 60 s, never a hang)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / f".dgm-visible-{os.getpid()}-{time.time_ns()}"
+    marker.write_text("dgm")
+    probe = ray.remote(num_cpus=0)(os.path.exists)
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes], timeout=60)
+    except ray.exceptions.GetTimeoutError:
+        raise DgmError(f"{what} {path}: the cluster's nodes did not answer within 60 s") from None
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = sorted(n["NodeManagerAddress"] for n, ok in zip(nodes, seen, strict=True) if not ok)
+    if blind:
+        raise DgmError(f"{what} {path} is not visible on node(s) {', '.join(blind)}: use a URI "
+                       "(s3://, gs://) or a path every node mounts")
 
 
-def latest_run_name(storage_path: Path, prefix: str) -> str | None:
-    """The newest Ray Train run under ``storage_path`` whose name starts with ``prefix``."""
-    if not storage_path.is_dir():
-        return None
-    runs = sorted((p for p in storage_path.iterdir() if p.is_dir() and p.name.startswith(prefix)),
-                  key=lambda p: p.stat().st_mtime)
-    return runs[-1].name if runs else None
+def latest_run_name(storage: str, prefix: str) -> str | None:
+    """The newest Ray Train run under ``storage`` (a path or URI) whose name starts with
+    ``prefix`` (by modification time, then name: names end in a timestamp, and object
+    stores have no directory times)."""
+    from dgm.storage import list_dirs
+
+    runs = [(mtime, name) for name, mtime in list_dirs(storage) if name.startswith(prefix)]
+    return max(runs)[1] if runs else None
 
 
 def timestamp() -> str:

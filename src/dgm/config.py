@@ -3,7 +3,8 @@ read from YAML and checked across sections; errors are one line naming the file 
 
 Each section's model lives with the package it configures (``dgm.data.config``,
 ``dgm.training.config``, ``dgm.tuning.config``, ``dgm.evaluation.config``,
-``dgm.generation.config``, ``dgm.tracking.config``; a model family's beside its module).
+``dgm.generation.config``, ``dgm.tracking.config``, ``dgm.storage`` for ``cluster``; a model
+family's beside its module).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dgm.evaluation.config import EvaluateConfig, EvaluatorConfig
 from dgm.generation.config import GenerateConfig
 from dgm.models.registry import MODEL_CONFIGS, ModelConfig
 from dgm.section import Section
+from dgm.storage import ClusterConfig
 from dgm.tracking.config import RegisterConfig
 from dgm.training.config import TrainConfig
 from dgm.tuning.config import TuneConfig
@@ -40,6 +42,7 @@ class Params(Section):
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     generate: GenerateConfig = GenerateConfig()
     tune: TuneConfig = TuneConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("models", mode="before")
     @classmethod

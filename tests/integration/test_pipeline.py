@@ -57,6 +57,7 @@ def pipeline_repo(tmp_path_factory, mlflow_server_uri):
            if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DGM_DATA_DIR")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
+    env["RAY_ADDRESS"] = "local"  # each stage its own Ray, never another test's
     env["MLFLOW_TRACKING_URI"] = mlflow_server_uri
     run(["git", "init", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)

@@ -114,7 +114,7 @@ def test_resume_without_a_study_is_a_user_error(ray_session, tmp_path, tune_proj
         plan = study_mod.StudyPlan(
             model_name="gan", model_config=params.model("gan"), space=params.search_space("gan"),
             dataset="digits", dataset_dir=tune_project / "artifacts/data/digits",
-            evaluator_dir=tune_project / "artifacts/evaluator/digits", storage_path=tmp_path,
+            evaluator_dir=tune_project / "artifacts/evaluator/digits", storage_path=str(tmp_path),
             tracking_uri=tracking_uri(tune_project), experiment="dgm-digits",
             pointer=tmp_path / "none.json")
         study_mod.run_study(params.tune, params.train, plan, resume=True)

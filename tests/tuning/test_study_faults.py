@@ -1,6 +1,5 @@
-"""Studies that lose their driver or a node: `--resume` finishes only the unfinished trials;
-a multi-node study (ray.cluster_utils.Cluster) spreads trials over nodes and survives losing
-one; a local storage_path is refused on a multi-node cluster unless declared shared."""
+"""A study that loses its driver: `--resume` finishes only the unfinished trials. (Losing a
+node is tested on nodes that share no disk: tests/integration/test_isolated_cluster.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pyarrow.parquet as pq
@@ -19,7 +17,6 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from dgm.config import Params
-from dgm.errors import DgmError
 from dgm.stages.layout import Layout
 from dgm.stages.tune import run as tune
 from dgm.tracking.mlflow_runs import tracking_uri
@@ -90,66 +87,3 @@ def test_resume_after_the_driver_is_killed(ray_session, tune_project, tmp_path):
         assert runs[trial_id].data.tags["dgm.attempts"] == "1"
         assert runs[trial_id].info.end_time == end_time
     assert client.get_run(parent).info.status == "FINISHED"
-
-
-@pytest.fixture()
-def cluster(ray_session):
-    """A head (no CPUs) and three 2-CPU worker nodes (two trials at a time, and a spare
-    node's CPUs for the lost node's retry); the session's Ray comes back after."""
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
-    nodes = [c.add_node(num_cpus=2) for _ in range(3)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, logging_level="WARNING")
-    yield c, nodes
-    ray.shutdown()
-    c.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="WARNING")
-
-
-def test_multi_node_study_survives_losing_a_node(cluster, tune_project):
-    c, nodes = cluster
-    spec = study_params(num_samples=3, epochs=2, max_concurrent_trials=2, num_workers=1,
-                        cpus_per_worker=1, scheduler="fifo", searcher="random",
-                        max_failures=3)
-    with pytest.raises(DgmError, match=r"local path but the Ray cluster has 4 nodes"):
-        tune(Params.model_validate(spec), "gan", root=tune_project)
-
-    spec["tune"]["shared_storage"] = True  # simulated nodes share this machine's disk
-    params = Params.model_validate(spec)
-    client = MlflowClient(tracking_uri(tune_project))
-    lay = Layout(tune_project, "digits")
-    pointer = lay.study_pointer("gan")
-    pointer.unlink(missing_ok=True)
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(
-        record=tune(params, "gan", root=tune_project)))
-    runner.start()
-    parent = wait_for(lambda: pointer.is_file() and json.loads(pointer.read_text()), 120,
-                      "the study to start")["parent_run_id"]
-    by_id = {n.node_id: n for n in nodes}
-
-    def running_trial():
-        for run in children(client, parent):
-            node = run.data.tags.get("dgm.node_id")
-            if run.info.status == "RUNNING" and node in by_id:
-                return node, run.data.tags["dgm.trial_id"]
-        return None
-
-    victim, lost_trial = wait_for(running_trial, 300, "a running trial")
-    time.sleep(5)  # let it report an epoch or two
-    c.remove_node(by_id[victim], allow_graceful=False)
-    runner.join(timeout=900)
-    assert not runner.is_alive(), "the study did not finish"
-    record = outcome["record"]
-    table = pq.read_table(lay.tune_dir("gan") / "results.parquet").to_pylist()
-    assert len(table) == 3 and {row["status"] for row in table} == {"TERMINATED"}
-    assert all(row["epochs"] == 2 for row in table)
-    # the lost node's trial was retried and ended, all its epochs run, on the other node
-    (lost,) = [row for row in table if row["trial_id"] == lost_trial]
-    assert lost["node_id"] in by_id and lost["node_id"] != victim
-    assert lost["attempts"] >= 2 and lost["epochs"] == 2
-    assert yaml.safe_load((lay.tune_dir("gan") / "best.yaml").read_text())["trial_id"] == \
-        record["trial_id"]

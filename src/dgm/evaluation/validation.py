@@ -81,20 +81,30 @@ class ValidationScorer:
         return {f"val_{k}": float(v) for k, v in values.items()}
 
 
+def local_path(location: Any) -> Path | None:
+    """A directory given as a path, or shipped to this worker (anything with
+    ``materialize()``, e.g. ``dgm.cluster.ShippedDirectory``)."""
+    if location is None:
+        return None
+    return location.materialize() if hasattr(location, "materialize") else Path(location)
+
+
 @dataclass
 class ValidationCallback(EpochCallback):
     """Adds the evaluator's ``val_<metric>`` to each epoch's metrics on rank 0 (what a
     tuning trial reports); ``scorer``: the keyword arguments of :meth:`ValidationScorer.open`
-    (plain data, so the callback travels to Ray workers)."""
+    (plain data and shipped directories, so the callback travels to Ray workers)."""
 
-    scorer: dict[str, Any] = field(default_factory=dict)
+    scorer: dict[str, Any] = field(default_factory=dict)  # directories: paths or shipped
 
     def setup(self, rank: int, world_size: int) -> bool:
         if rank != 0:
             return False
         options = self.scorer.get("options")
         self._scorer = ValidationScorer.open(**{
-            **self.scorer, "options": MetricOptions.model_validate(options) if options else None})
+            **self.scorer, "data_dir": local_path(self.scorer["data_dir"]),
+            "evaluator_dir": local_path(self.scorer.get("evaluator_dir")),
+            "options": MetricOptions.model_validate(options) if options else None})
         return True
 
     def on_epoch_end(self, model, epoch: int, metrics: dict[str, float], final: bool) -> None:

@@ -9,13 +9,14 @@ Shard ``k`` holds samples ``k·shard_size …``; its batch ``b`` is drawn with
 from __future__ import annotations
 
 import contextlib
-import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -71,17 +72,22 @@ class ShardWriter:
     """
 
     def __init__(self, model_uri: str, seed: int, batch_size: int, num_shards: int,
-                 tracking_uri: str | None = None, label: int | None = None) -> None:
+                 label: int | None = None, model_files=None) -> None:
         self.model_uri, self.seed, self.batch_size = model_uri, seed, batch_size
-        self.num_shards, self.tracking_uri, self.label = num_shards, tracking_uri, label
+        self.num_shards, self.label, self.model_files = num_shards, label, model_files
 
     def load(self) -> None:
-        from dgm.tracking.mlflow_runs import TRACKING_ENV
+        """Load the model: from MLflow in-process, from its shipped files in a Ray actor
+        (``model_files``: the actor's node may not reach the store)."""
         from dgm.tracking.pyfunc import load_generator_model
 
-        if self.tracking_uri is not None:
-            os.environ[TRACKING_ENV] = self.tracking_uri
-        self.generator = load_generator_model(self.model_uri)
+        source = self.model_uri
+        if self.model_files is not None:
+            from dgm.cluster import check_code_version, materialize
+
+            check_code_version(self.model_files[1], "a generation actor")
+            source = str(materialize(self.model_files[0]))
+        self.generator = load_generator_model(source)
         self.generator.check_label(self.label)
         channels, height, width = self.generator.image_shape
         extra = self.generator.extra
@@ -91,14 +97,17 @@ class ShardWriter:
             checksums=dict(extra.get("checksums", {})),
         )
 
-    def write(self, directory: Path, shard: int, count: int,
-              on_batch: Callable[[int], None] | None = None) -> tuple[int, np.ndarray | None]:
-        """Write shard ``shard`` (``count`` samples) into ``directory``; return ``count`` and,
-        for shard 0, its first :data:`GRID_IMAGES` images."""
+    def write(self, directory: Path | None, shard: int, count: int,
+              on_batch: Callable[[int], None] | None = None
+              ) -> tuple[int, np.ndarray | None, bytes | None]:
+        """Write shard ``shard`` (``count`` samples) into ``directory`` (None: into bytes,
+        returned: a Ray actor streams its shards back to the driver); return ``count``,
+        for shard 0 its first :data:`GRID_IMAGES` images, and the bytes."""
         head: np.ndarray | None = None
         seed = shard_seed(self.seed, shard)
-        path = Path(directory) / shard_name(shard, self.num_shards)
-        with pq.ParquetWriter(path, schema(self.meta, with_seed=True)) as writer:
+        sink = (pa.BufferOutputStream() if directory is None
+                else Path(directory) / shard_name(shard, self.num_shards))
+        with pq.ParquetWriter(sink, schema(self.meta, with_seed=True)) as writer:
             for index, start in enumerate(range(0, count, self.batch_size)):
                 n = min(self.batch_size, count - start)
                 images = self.generator.predict(n, batch_seed(seed, index), self.label)
@@ -109,7 +118,8 @@ class ShardWriter:
                 writer.write_table(images_to_table(images, labels, self.meta, seed=self.seed))
                 if on_batch is not None:
                     on_batch(n)
-        return count, head
+        data = sink.getvalue().to_pybytes() if directory is None else None
+        return count, head, data
 
 
 def _check(num_samples: int, output: Path, batch_size: int, shard_size: int,
@@ -125,7 +135,7 @@ def _check(num_samples: int, output: Path, batch_size: int, shard_size: int,
 @contextlib.contextmanager
 def _actors(workers: int, writer_args: dict) -> Iterator[list]:
     """``workers`` loaded Ray actors (one CPU, and one GPU each when the cluster has one per
-    worker), killed on exit; errors of loading surface as their :class:`DgmError`."""
+    worker), ended on exit; errors of loading surface as their :class:`DgmError`."""
     import ray
 
     from dgm.cluster import decide_use_gpu
@@ -137,9 +147,9 @@ def _actors(workers: int, writer_args: dict) -> Iterator[list]:
         with _ray_errors():
             ray.get([actor.load.remote() for actor in actors])
         yield actors
-    finally:
+    finally:  # graceful: a forced kill of an actor already gone logs GCS errors to drivers
         for actor in actors:
-            ray.kill(actor)
+            actor.__ray_terminate__.remote()
 
 
 @contextlib.contextmanager
@@ -162,10 +172,11 @@ def generate(
 ) -> GenerationResult:
     """Stream ``num_samples`` images from ``model_uri`` into ``output``/part-*.parquet.
 
-    ``workers == 1`` runs in-process; more use as many Ray actors (``ensure_ray``: honours
-    ``RAY_ADDRESS``), with byte-identical shards (on a multi-node cluster ``output`` must be
-    on storage every node mounts). ``label``: the class every image of a conditional model
-    shows (None: classes drawn by the seed). The directory appears only when complete.
+    ``workers == 1`` runs in-process; more use as many Ray actors (``ensure_ray``: joins
+    ``RAY_ADDRESS``), on any node: the model's files are shipped to them and their shards
+    stream back to this process, byte-identical to one worker's. ``label``: the class every
+    image of a conditional model shows (None: classes drawn by the seed). The directory
+    appears only when complete.
     """
     output = Path(output)
     _check(num_samples, output, batch_size, shard_size, workers)
@@ -180,8 +191,7 @@ def generate(
 
         ensure_ray()
         check_resources(workers=workers, cpus_per_worker=1, what=f"--workers {workers}")
-    uri = tracking_uri()
-    resolve_model_uri(model_uri, uri)  # an unknown model fails before anything is written
+    resolve_model_uri(model_uri, tracking_uri())  # unknown: fails before anything is written
     columns = [TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
     bar = Progress(*columns, disable=not progress)
@@ -206,14 +216,23 @@ def generate(
         else:
             from ray.util import ActorPool
 
-            actors = stack.enter_context(_actors(workers, {**args, "tracking_uri": uri}))
+            from dgm.cluster import code_version, ship_directory
+            from dgm.tracking.pyfunc import download_generator
+
+            # The actors may run on nodes that reach neither the MLflow store nor this disk:
+            # the model's files travel to them, and their shards come back as bytes.
+            local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dgm-model-")))
+            files = (ship_directory(download_generator(model_uri, local)), code_version())
+            actors = stack.enter_context(_actors(workers, {**args, "model_files": files}))
             stack.enter_context(_ray_errors())
-            results = ActorPool(actors).map_unordered(
-                lambda actor, job: actor.write.remote(directory, *job), enumerate(counts))
+            results = ActorPool(actors).map(  # in shard order, computed in parallel
+                lambda actor, job: actor.write.remote(None, *job), enumerate(counts))
         stack.enter_context(bar)  # shown once the model is loaded
         started = time.perf_counter()
-        for count, images in results:
+        for shard, (count, images, data) in enumerate(results):
             head = images if images is not None else head
+            if data is not None:  # an actor's shard, streamed back: written here
+                (directory / shard_name(shard, len(counts))).write_bytes(data)
             if workers > 1:  # in-process, ``advance`` runs after every batch
                 advance(count)
         if output.is_file() or output.is_symlink():

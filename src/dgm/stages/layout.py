@@ -10,6 +10,7 @@ from typing import Any
 from dgm.config import Params
 from dgm.errors import DgmError
 from dgm.paths import atomic_path, project_root
+from dgm.storage import ClusterConfig, storage_location
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,29 @@ class Layout:
 
     @property
     def ray_storage(self) -> Path:
+        """Ray Train and Tune results of a one-machine run (``cluster.storage: null``)."""
         return self.artifacts / "ray_results"
 
+    def ray_storage_of(self, cluster: ClusterConfig) -> str:
+        """Where Ray Train and Tune keep runs: ``cluster.storage`` (a URI, or a path every
+        node mounts, relative to the project root) or :attr:`ray_storage`."""
+        return storage_location(cluster.storage or self.ray_storage, self.root)
+
+    @property
+    def pointers(self) -> Path:
+        """The driver's records of its runs and studies (what ``--resume`` continues)."""
+        return self.ray_storage
     def tune_dir(self, model: str) -> Path:
         """The `tune` stage's outputs: best.yaml, results.parquet, curves.csv."""
         return self.artifacts / "tune" / self.dataset / model
 
     def study_pointer(self, model: str) -> Path:
         """Which study ``dgm tune --resume`` continues (name, storage, MLflow parent run)."""
-        return self.ray_storage / ".tune" / f"{self.dataset}-{model}.json"
+        return self.pointers / ".tune" / f"{self.dataset}-{model}.json"
 
     def run_pointer(self, run_name: str) -> Path:
         """The MLflow run of Ray Train run ``run_name`` (what ``--resume`` logs to)."""
-        return self.ray_storage / ".mlflow" / f"{run_name}.json"
+        return self.pointers / ".mlflow" / f"{run_name}.json"
 
 
 def layout(params: Params, root: Path | None = None) -> Layout:

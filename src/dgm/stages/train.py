@@ -16,6 +16,7 @@ from dgm.tracking.lineage import collect_lineage, tag_run
 from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri
 from dgm.tracking.names import experiment_name
 from dgm.tracking.pyfunc import log_generator
+from dgm.tracking.relay import worker_tracking
 from dgm.training import ray_train
 from dgm.training.loop import BOOKKEEPING_KEYS
 from dgm.tuning.results import tuned_config
@@ -45,11 +46,14 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     config, tuned = model_config(params, model_name, lay)
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
+    # the cluster first: a configuration it cannot run leaves no MLflow run behind
+    ray_train.prepare_cluster(params.train, "train", storage=params.cluster.storage)
     prefix = f"{params.data.name}-{model_name}-"
+    storage = lay.ray_storage_of(params.cluster)
     if resume:
-        run_name = run_name or latest_run_name(lay.ray_storage, prefix)
+        run_name = run_name or latest_run_name(storage, prefix)
         if run_name is None:
-            raise DgmError(f"--resume: no earlier run {prefix}* under {lay.ray_storage}")
+            raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
     run_name = run_name or prefix + timestamp()
     uri = tracking_uri(lay.root)
     run_file = lay.run_pointer(run_name)
@@ -70,8 +74,9 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     try:
         history, state = ray_train.fit(
             dataset_dir=lay.data_dir, model_config=config, train_config=params.train,
-            storage_path=lay.ray_storage, run_name=run_name,
-            callbacks=[MLflowEpochLogger(run_id, uri, params.train.sample_every)],
+            storage_path=storage, run_name=run_name, cluster_storage=params.cluster.storage,
+            callbacks=[MLflowEpochLogger(run_id, worker_tracking(uri),
+                                         params.train.sample_every)],
         )
     except KeyboardInterrupt:
         logger.end("KILLED", "interrupted; resume with --resume")

@@ -38,7 +38,8 @@ def run(params: Params, model_name: str, root: Path | None = None,
     plan = StudyPlan(
         model_name=model_name, model_config=config, space=params.search_space(model_name),
         dataset=params.data.name, dataset_dir=lay.data_dir, evaluator_dir=lay.evaluator_dir,
-        storage_path=lay.ray_storage, tracking_uri=uri,
+        storage_path=lay.ray_storage_of(params.cluster), cluster_storage=params.cluster.storage,
+        tracking_uri=uri,
         experiment=experiment_name(params.data.name), pointer=lay.study_pointer(model_name),
         eval_seed=params.evaluate.seed, metric_options=params.evaluate.metric_options)
     result = run_study(params.tune, params.train, plan, resume=resume)

@@ -1,9 +1,11 @@
-"""The MLflow side of a training run: per-epoch metrics and sample grids, logged by rank 0
-of the Ray Train workers to the run the driver created."""
+"""The MLflow side of a training run: per-epoch metrics and sample grids, sent by rank 0
+of the Ray Train workers to the run the driver created, through a :class:`Tracking` that
+rank 0 can reach (``tracking.relay.worker_tracking``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,29 +18,25 @@ GRID_SAMPLES = 64
 class MLflowEpochLogger(EpochCallback):
     """Logs each epoch's metrics (step = epoch) and, every ``sample_every`` epochs and at the
     end, a grid of :data:`GRID_SAMPLES` samples (``samples/epoch_NNNN.png``) to ``run_id``;
-    a failure's reason becomes the run's ``dgm.failure_reason`` tag."""
+    a failure's reason becomes the run's ``dgm.failure_reason`` tag. ``tracking``: a
+    ``Tracking`` or a proxy to one."""
 
     run_id: str
-    tracking_uri: str
+    tracking: Any
     sample_every: int
 
     def setup(self, rank: int, world_size: int) -> bool:
-        if rank != 0:
-            return False
-        from dgm.tracking.mlflow_runs import RunLogger
-
-        self.logger = RunLogger(self.run_id, self.tracking_uri)
-        return True
+        return rank == 0
 
     def on_epoch_end(self, model, epoch: int, metrics: dict[str, float], final: bool) -> None:
         from dgm.data.loading import to_uint8_images
         from dgm.images import grid_scale, make_grid
 
-        self.logger.log_metrics(metrics, step=epoch)
+        self.tracking.log_metrics(self.run_id, metrics, epoch)
         if epoch % self.sample_every == 0 or final:
             images = to_uint8_images(model.sample(GRID_SAMPLES, torch.Generator().manual_seed(0)))
             grid = make_grid(images, scale=grid_scale(images.shape[1]))
-            self.logger.log_png(grid, f"samples/epoch_{epoch:04d}.png")
+            self.tracking.log_png(self.run_id, grid, f"samples/epoch_{epoch:04d}.png")
 
     def on_failure(self, error: BaseException) -> None:
-        self.logger.set_tags({"dgm.failure_reason": str(error)})
+        self.tracking.set_tags(self.run_id, {"dgm.failure_reason": str(error)})

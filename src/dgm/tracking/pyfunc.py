@@ -176,7 +176,8 @@ def is_dgm_generator(flavors: dict) -> bool:
 
 
 def load_generator_model(model_uri: str) -> LoadedGenerator:
-    """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``) as a dgm generator.
+    """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``, or a directory from
+    :func:`download_generator`) as a dgm generator.
 
     Its MLmodel file is read first: anything but a dgm generator is refused before loading,
     so no pickled object from elsewhere is ever unpickled here."""
@@ -184,10 +185,13 @@ def load_generator_model(model_uri: str) -> LoadedGenerator:
     from dgm.tracking.mlflow_runs import tracking_uri
     from dgm.tracking.registry import resolve_model_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
-    resolve_model_uri(model_uri)
+    local = Path(model_uri).is_dir()  # shipped files: no MLflow store is touched
+    if not local:
+        mlflow.set_tracking_uri(tracking_uri())
+        resolve_model_uri(model_uri)
     try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
+        flavors = (mlflow.models.Model.load(model_uri) if local
+                   else mlflow.models.get_model_info(model_uri)).flavors
     except Exception as exc:
         raise DgmError(f"cannot read {model_uri}: {str(exc).splitlines()[0]}") from None
     if not is_dgm_generator(flavors):
@@ -200,3 +204,24 @@ def load_generator_model(model_uri: str) -> LoadedGenerator:
         return LoadedGenerator(model)
     except (TypeError, AttributeError):
         raise DgmError(f"{model_uri} is not a dgm generator") from None
+
+
+def download_generator(model_uri: str, directory: Path) -> Path:
+    """The files of the generator ``model_uri`` copied under ``directory`` (checked as
+    :func:`load_generator_model` checks it): what Ray actors on nodes that cannot reach the
+    MLflow store load, shipped to them."""
+    from dgm.errors import DgmError
+    from dgm.tracking.mlflow_runs import tracking_uri
+    from dgm.tracking.registry import resolve_model_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    resolve_model_uri(model_uri)
+    try:
+        if not is_dgm_generator(mlflow.models.get_model_info(model_uri).flavors):
+            raise DgmError(f"{model_uri} is not a dgm generator (refused before loading)")
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                        dst_path=str(directory)))
+    except DgmError:
+        raise
+    except Exception as exc:
+        raise DgmError(f"cannot read {model_uri}: {str(exc).splitlines()[0]}") from None

@@ -22,13 +22,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from dgm.cluster import (
+    ShippedDirectory,
     apply_train_environment,
+    check_code_version,
     check_resources,
+    check_storage,
+    code_version,
     decide_use_gpu,
     ensure_ray,
     quiet_reports,
     root_cause,
-    storage_location,
+    ship_directory,
 )
 from dgm.data.loading import load_split_tensors
 from dgm.data.parquet import read_meta
@@ -37,6 +41,7 @@ from dgm.models.base import ModelConfigBase
 from dgm.models.generator import save_generator
 from dgm.models.registry import build_model, config_from_dict
 from dgm.paths import atomic_path
+from dgm.storage import storage_location
 from dgm.training.callbacks import EpochCallback, active
 from dgm.training.checkpoints import load_checkpoint, save_checkpoint
 from dgm.training.config import TrainConfig
@@ -64,6 +69,7 @@ class CheckpointReport(EpochCallback):
 def train_worker(job: dict[str, Any]) -> None:
     """Per-worker entry: build, wrap (DDP), resume if there is a checkpoint, train."""
     quiet_reports()
+    check_code_version(job["code_version"], "a Ray Train worker")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.model_validate(job["train"])
@@ -82,13 +88,14 @@ def train_worker(job: dict[str, Any]) -> None:
         start_epoch, history = state["epoch"], list(state["history"])
         start_step = int(history[-1]["step"]) if history else 0
 
-    dataset = load_split_tensors(job["dataset_dir"], "train")
+    dataset_dir = job["dataset"].materialize()
+    dataset = load_split_tensors(dataset_dir, "train")
     per_worker = max(1, cfg.batch_size // world)
     loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)
     val_loader = None
-    if (Path(job["dataset_dir"]) / "val").is_dir():
-        val = load_split_tensors(job["dataset_dir"], "val")
+    if (dataset_dir / "val").is_dir():
+        val = load_split_tensors(dataset_dir, "val")
         val_loader = ray.train.torch.prepare_data_loader(
             DataLoader(val, batch_size=max(per_worker, 256), shuffle=False))
 
@@ -101,23 +108,36 @@ def train_worker(job: dict[str, Any]) -> None:
                  previous=list(history))
 
 
-def build_job(dataset_dir: Path, model_config: ModelConfigBase, train_config: TrainConfig,
-              callbacks: list[EpochCallback] | None = None) -> dict[str, Any]:
-    """What every worker receives: plain data with absolute paths, and the callbacks."""
+def ship_dataset(dataset_dir: Path) -> tuple[ShippedDirectory, list[int]]:
+    """The prepared dataset shipped to the workers through the object store (no worker reads
+    the driver's disk), and its image shape (C, H, W)."""
     meta = read_meta(Path(dataset_dir) / "train")
+    return ship_directory(dataset_dir), list(meta.shape_chw)
+
+
+def build_job(dataset: ShippedDirectory, image_shape: list[int], model_config: ModelConfigBase,
+              train_config: TrainConfig, callbacks: list[EpochCallback] | None = None
+              ) -> dict[str, Any]:
+    """What every worker receives: plain data, the shipped dataset, the callbacks and the
+    driver's code version (a worker running other code refuses)."""
     return {
-        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "dataset": dataset,
         "model": model_config.model_dump(),
         "train": train_config.model_dump(),
-        "image_shape": list(meta.shape_chw),
+        "image_shape": list(image_shape),
         "callbacks": list(callbacks or []),
+        "code_version": code_version(),
     }
 
 
-def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0) -> bool:
-    """Join or start Ray, check that ``cfg``'s workers fit it; return whether they use GPUs
-    (``section`` names the params in messages: ``train`` or ``tune``)."""
+def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
+                    storage: str | None = None) -> bool:
+    """Join or start Ray, check that ``cfg``'s workers fit it and that every node sees
+    ``storage`` (``cluster.storage``; None: local, refused on a multi-node cluster); return
+    whether the workers use GPUs (``section`` names the params in messages: ``train`` or
+    ``tune``)."""
     ensure_ray()
+    check_storage(storage)
     use_gpu = decide_use_gpu(cfg.use_gpu, cfg.num_workers, f"{section}.use_gpu")
     what = f"{section}.num_workers × {section}.cpus_per_worker"
     if driver_cpus:
@@ -127,7 +147,7 @@ def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0) ->
     return use_gpu
 
 
-def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: str | Path,
+def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: str,
                  run_name: str, use_gpu: bool, callbacks: list | None = None):
     """The ``TorchTrainer`` of one training run (re-run with the same storage and name to
     resume from its latest checkpoint)."""
@@ -156,14 +176,16 @@ def fit(
     dataset_dir: Path,
     model_config: ModelConfigBase,
     train_config: TrainConfig,
-    storage_path: Path,
+    storage_path: str,
     run_name: str,
     callbacks: list[EpochCallback] | None = None,
+    cluster_storage: str | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    """Run the ``TorchTrainer`` (``callbacks`` after every epoch, on the workers); return
-    (history, final checkpoint state)."""
-    use_gpu = prepare_cluster(train_config, "train")
-    job = build_job(dataset_dir, model_config, train_config, callbacks)
+    """Run the ``TorchTrainer`` (``callbacks`` after every epoch, on the workers) with its
+    checkpoints under ``storage_path`` (``cluster_storage`` when set: a path or URI every
+    node sees); return (history, final checkpoint state)."""
+    use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage)
+    job = build_job(*ship_dataset(dataset_dir), model_config, train_config, callbacks)
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
     apply_train_environment(train_config.report_interval_s)
     try:

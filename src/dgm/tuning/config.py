@@ -28,11 +28,12 @@ class TuneConfig(Section):
     seed: int = 0
     num_workers: Annotated[int, Field(ge=1)] = 2  # Ray Train workers per trial
     cpus_per_worker: Annotated[float, Field(gt=0)] = 0.5
-    trial_cpus: Annotated[float, Field(gt=0)] = 1.0  # the trial's driver (a Tune function)
+    # The trial's driver (a Tune function that waits in ``TorchTrainer.fit``). CPUs held by
+    # trial drivers can starve their own workers: after a node is lost, N restarted trials
+    # on the remaining CPUs each held theirs while every Train run waited (seen).
+    trial_cpus: Annotated[float, Field(ge=0)] = 0.0
     use_gpu: Literal["auto"] | bool = "auto"
     max_failures: Annotated[int, Field(ge=0)] = 2  # retries of a failed trial
-    storage_path: str | None = None  # null: artifacts/ray_results; a URI or shared path
-    shared_storage: bool = False  # a local storage_path that every node mounts (NFS)
     eval_samples: Annotated[int, Field(gt=1)] = 500  # sample metrics: images per epoch
     nll_importance_samples: Annotated[int, Field(gt=0)] = 16  # nll_nats: samples or AIS chains
     nll_max_images: Annotated[int, Field(gt=0)] = 200  # nll_nats: val images scored

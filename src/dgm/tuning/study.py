@@ -25,19 +25,21 @@ from dgm.cluster import (
     abort_train_run_when_stopped,
     apply_train_environment,
     apply_tune_environment,
-    check_storage,
+    check_code_version,
+    code_version,
     concurrency,
     decide_use_gpu,
     root_cause,
-    storage_location,
+    ship_directory,
     timestamp,
 )
 from dgm.errors import DgmError
+from dgm.evaluation.likelihood import LIKELIHOOD_METRIC
 from dgm.evaluation.metrics import MetricOptions, metric_mode
 from dgm.models.base import ModelConfigBase
 from dgm.models.registry import config_from_dict, validation_metric
 from dgm.training.config import TrainConfig
-from dgm.training.ray_train import build_job, make_trainer, prepare_cluster
+from dgm.training.ray_train import build_job, make_trainer, prepare_cluster, ship_dataset
 from dgm.tuning.config import TuneConfig
 from dgm.tuning.space import Dimension, apply_overrides, grid_points, to_param_space
 
@@ -52,22 +54,22 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
 
     from dgm.evaluation.validation import ValidationCallback
     from dgm.tracking.callbacks import MLflowEpochLogger
-    from dgm.tracking.mlflow_runs import RunLogger, start_child_run
 
+    check_code_version(job["code_version"], "a Tune trial")
+    tracking = job["tracking"]  # reachable from this trial's node
     trial_id = tune.get_context().get_trial_id()
     model_cfg = apply_overrides(config_from_dict(job["model"]), config)
     train_cfg = TrainConfig.model_validate(job["train"])
     node_id = ray.get_runtime_context().get_node_id()
-    run_id = start_child_run(
+    run_id = tracking.start_child_run(
         job["experiment"], job["parent_run_id"], f"{job['study']}-{trial_id}",
         {TRIAL_TAG: trial_id}, {"trial": config, "model": model_cfg.model_dump(),
                                 "train": train_cfg.model_dump()},
         {"dgm.stage": "tune-trial", "dgm.node_id": node_id, "dgm.study": job["study"],
-         "dgm.trial_process": str(os.getpid())},
-        job["tracking_uri"])
+         "dgm.trial_process": str(os.getpid())})
     callbacks = [ValidationCallback(job["validation"]),  # adds val_<metric> before logging
-                 MLflowEpochLogger(run_id, job["tracking_uri"], train_cfg.sample_every)]
-    worker_job = build_job(Path(job["dataset_dir"]), model_cfg, train_cfg, callbacks)
+                 MLflowEpochLogger(run_id, tracking, train_cfg.sample_every)]
+    worker_job = build_job(job["dataset"], job["image_shape"], model_cfg, train_cfg, callbacks)
     use_gpu = decide_use_gpu(train_cfg.use_gpu, train_cfg.num_workers, "tune.use_gpu")
     report = TuneReportCallback()
     trainer = make_trainer(worker_job, train_cfg, job["train_storage"], trial_id, use_gpu,
@@ -79,12 +81,12 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     except ray.train.TrainingFailedError as exc:
         if stopped.is_set():  # the scheduler stopped the trial: the driver ends its run
             return
-        RunLogger(run_id, job["tracking_uri"]).end("FAILED", root_cause(exc))
+        tracking.end(run_id, "FAILED", root_cause(exc))
         raise
     # Stopped after its last report was queued, the run may still finish its epochs: the
     # trial ended when the scheduler stopped it, and the driver ends its run (KILLED).
     if not stopped.is_set():
-        RunLogger(run_id, job["tracking_uri"]).end("FINISHED")
+        tracking.end(run_id, "FINISHED")
 
 
 def ending(epoch: int | None, job: dict[str, Any]) -> tuple[str, str | None]:
@@ -138,10 +140,13 @@ class StudyResult:
 
 
 def trial_train_config(train: TrainConfig, cfg: TuneConfig) -> TrainConfig:
-    """The training of one trial: the train params with the study's budget and resources."""
+    """The training of one trial: the train params with the study's budget, resources and
+    retries."""
     return train.model_copy(update={
         "epochs": cfg.epochs, "max_steps": cfg.max_steps, "num_workers": cfg.num_workers,
-        "cpus_per_worker": cfg.cpus_per_worker, "use_gpu": cfg.use_gpu})
+        "cpus_per_worker": cfg.cpus_per_worker, "use_gpu": cfg.use_gpu,
+        # a lost worker (its node gone) restarts from the last checkpoint inside the trial
+        "max_failures": cfg.max_failures})
 
 
 def optuna_searcher(cfg: TuneConfig):
@@ -204,7 +209,9 @@ def _ungrid(trainable):
 
 def trainable_for(job: dict[str, Any], cfg: TuneConfig):
     function = _ungrid(run_trial) if cfg.searcher == "grid" else run_trial
-    return tune.with_resources(tune.with_parameters(function, job=job), {"cpu": cfg.trial_cpus})
+    # Tune refuses a request of nothing: a CPU-less trial driver asks for 1 MiB of memory
+    resources = {"cpu": cfg.trial_cpus} if cfg.trial_cpus else {"cpu": 0, "memory": 2**20}
+    return tune.with_resources(tune.with_parameters(function, job=job), resources)
 
 
 @dataclass
@@ -217,23 +224,26 @@ class StudyPlan:
     dataset: str
     dataset_dir: Path
     evaluator_dir: Path
-    storage_path: Path  # default of tune.storage_path
+    storage_path: str  # of Ray Tune and the trials' Ray Train runs (cluster.storage or local)
     tracking_uri: str
     experiment: str
     pointer: Path  # records the study (name, storage, parent run) so ``resume`` finds it
     eval_seed: int = 0
     metric_options: MetricOptions | None = None
+    cluster_storage: str | None = None  # the cluster.storage setting (None: local)
 
 
 def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
               resume: bool = False) -> StudyResult:
     """Search ``plan``'s space; return the trials and the best one."""
     from dgm.tracking.mlflow_runs import reopen_run, start_run
+    from dgm.tracking.relay import worker_tracking
 
     metric = cfg.metric or validation_metric(plan.model_config.family)
     key, mode = f"val_{metric}", cfg.mode or metric_mode(metric)
     trial_train = trial_train_config(train, cfg)
-    prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus)
+    prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus,
+                    storage=plan.cluster_storage)
     if resume:
         if not plan.pointer.is_file():
             raise DgmError(f"--resume: no earlier study of {plan.model_name} ({plan.pointer} "
@@ -241,13 +251,11 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
         record = json.loads(plan.pointer.read_text())
         study, storage, parent_run_id = (record["study"], record["storage"],
                                          record["parent_run_id"])
-        check_storage(storage, cfg.shared_storage)
         if not tune.Tuner.can_restore(f"{storage}/{study}"):
             raise DgmError(f"--resume: {storage}/{study} holds no restorable study")
         reopen_run(parent_run_id, plan.tracking_uri)
     else:
-        storage = storage_location(cfg.storage_path or plan.storage_path)
-        check_storage(storage, cfg.shared_storage)
+        storage = plan.storage_path
         study = f"tune-{plan.dataset}-{plan.model_name}-{timestamp()}"
         parent_run_id = start_run(
             plan.experiment, study,
@@ -258,15 +266,19 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
         plan.pointer.parent.mkdir(parents=True, exist_ok=True)
         plan.pointer.write_text(json.dumps({"study": study, "storage": storage,
                                             "parent_run_id": parent_run_id}))
-    data_dir = str(Path(plan.dataset_dir).resolve())
     options = plan.metric_options or MetricOptions()
+    # Trials and their workers read nothing from the driver's disk: the dataset and the
+    # evaluator travel through the object store, MLflow calls through `tracking`.
+    dataset, image_shape = ship_dataset(plan.dataset_dir)
+    evaluator = (ship_directory(plan.evaluator_dir)
+                 if metric != LIKELIHOOD_METRIC and Path(plan.evaluator_dir).is_dir() else None)
     job = {
         "study": study, "experiment": plan.experiment, "parent_run_id": parent_run_id,
-        "tracking_uri": plan.tracking_uri, "dataset_dir": data_dir,
+        "tracking_uri": plan.tracking_uri, "tracking": worker_tracking(plan.tracking_uri),
+        "dataset": dataset, "image_shape": image_shape, "code_version": code_version(),
         "model": plan.model_config.model_dump(), "train": trial_train.model_dump(),
         "train_storage": f"{storage}/{study}-train",
-        "validation": {"metric": metric, "data_dir": data_dir,
-                       "evaluator_dir": str(Path(plan.evaluator_dir).resolve()),
+        "validation": {"metric": metric, "data_dir": dataset, "evaluator_dir": evaluator,
                        "num_samples": cfg.eval_samples, "seed": plan.eval_seed,
                        "importance_samples": cfg.nll_importance_samples,
                        "max_images": cfg.nll_max_images, "options": options.model_dump()},

@@ -1,0 +1,251 @@
+"""Train and generate on Ray nodes that share nothing with the driver but the network
+(``tests/harness.py``): worker nodes in their own mount namespaces see neither the checkout's
+source nor the project, the data or the tests' files; checkpoints go to a real S3 API
+(moto); MLflow is the driver's default SQLite file, reached by the workers through the
+driver's node. Every command is the real ``dgm`` CLI with ``RAY_ADDRESS`` at the head."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from harness import BUCKET, IsolatedCluster, unshare_available
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hidden_paths(basetemp: Path) -> list[Path]:
+    """What the worker nodes must not see: the checkout's source, artifacts and data, the
+    IDX mirror, every pytest temporary directory (the projects), and this machine's Ray
+    session directories."""
+    pytest_root = next((p for p in [basetemp, *basetemp.parents]
+                        if p.name.startswith("pytest-of-")), basetemp)
+    candidates = [REPO / "src", REPO / "artifacts", REPO / "data", pytest_root,
+                  Path(tempfile.gettempdir()) / "ray"]
+    if os.environ.get("DGM_DATA_DIR"):
+        candidates.append(Path(os.environ["DGM_DATA_DIR"]))
+    return [p.resolve() for p in candidates if p.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory):
+    reason = unshare_available()
+    if reason:
+        pytest.skip(f"isolated Ray nodes need private mount namespaces: {reason}")
+    logs = tmp_path_factory.mktemp("cluster-logs")
+    cluster = IsolatedCluster(hidden=hidden_paths(tmp_path_factory.getbasetemp()), logs=logs)
+    try:
+        cluster.start()
+    except Exception:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, digits_dir):
+    from conftest import digits_project
+
+    root = digits_project(tmp_path_factory.mktemp("cluster-project"), digits_dir)
+    params = {
+        "models": {"gan": {"width": 8, "latent_dim": 8}},
+        "train": {"epochs": 2, "batch_size": 64, "num_workers": 2, "cpus_per_worker": 1,
+                  "sample_every": 1, "max_failures": 0},
+        "cluster": {"storage": f"s3://{BUCKET}/ray"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def dgm(isolated, project: Path, *args: str, params: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI as a driver of the isolated cluster, in ``project`` (its own SQLite store)."""
+    params_file = project / "params.yaml"
+    if params is not None:
+        params_file = project / "params-variant.yaml"
+        base = yaml.safe_load((project / "params.yaml").read_text())
+        params_file.write_text(yaml.safe_dump({**base, **params}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(isolated.env)
+    return subprocess.run([sys.executable, "-m", "dgm.cli", *args, *(
+        ["--params", str(params_file)] if args[0] in ("train", "tune") else [])],
+        cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(isolated, project):
+    done = dgm(isolated, project, "train", "--model", "gan")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return yaml.safe_load((project / "artifacts/models/digits/gan/run.json").read_text())
+
+
+def test_ddp_training_on_isolated_nodes_checkpoints_to_s3_and_logs_to_the_drivers_store(
+        isolated, project, trained):
+    assert (project / "artifacts/models/digits/gan/generator.pt").is_file()
+    s3 = boto3.client("s3", endpoint_url=isolated.env["AWS_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    keys = [o["Key"] for o in s3.list_objects_v2(
+        Bucket=BUCKET, Prefix=f"ray/{trained['run_name']}/").get("Contents", [])]
+    assert sum(k.endswith("/checkpoint.pt") for k in keys) == 2  # checkpoints_to_keep: 2
+    assert not (project / "artifacts/ray_results" / trained["run_name"]).exists()
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(trained["run_id"])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_g")] == [1, 2]
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert grids == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
+    # the workers were on the isolated nodes: the head has no CPUs
+    assert isolated.alive_workers() == 2
+
+
+def test_generation_with_two_actors_on_the_nodes_equals_one_in_process(isolated, project,
+                                                                       trained):
+    tables = {}
+    for workers in (1, 2):
+        out = project / f"samples-{workers}.parquet"
+        done = dgm(isolated, project, "generate", "--model-uri", trained["model_uri"],
+                   "--num-samples", "300", "--shard-size", "100", "--batch-size", "50",
+                   "--workers", str(workers), "--output", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        tables[workers] = pq.read_table(out)
+    assert tables[1].num_rows == 300 and tables[2].equals(tables[1])
+
+
+def test_storage_the_nodes_cannot_see_is_refused_in_one_line(isolated, project):
+    local = project / "driver-only"
+    for storage, expected in [
+        (None, "cluster.storage is null but the Ray cluster has 3 nodes"),
+        (str(local), f"cluster.storage {local} is not visible on node(s) 127.0.0.2, 127.0.0.3"),
+    ]:
+        done = dgm(isolated, project, "train", "--model", "gan",
+                   params={"cluster": {"storage": storage}}, timeout=120)
+        assert done.returncode != 0
+        # (Ray also streams its GCS's own error lines to every driver: not ours to print)
+        lines = [line for line in done.stderr.strip().splitlines()
+                 if line.strip() and not line.startswith("(pid=gcs_server)")]
+        assert len(lines) == 1 and expected in lines[0], done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+
+
+def test_resume_after_the_driver_is_killed_continues_from_the_s3_checkpoint(isolated, project):
+    """``dgm train --model vae`` is SIGKILLed once its first checkpoint is in the bucket; the
+    workers go with it; ``--resume`` finds the run in S3 and trains only the later epochs."""
+    import signal
+    import time
+
+    params_file = project / "params-vae.yaml"
+    base = yaml.safe_load((project / "params.yaml").read_text())
+    base["models"] = {"vae": {"width": 8, "latent_dim": 4}}
+    base["train"] = {**base["train"], "epochs": 4}
+    params_file.write_text(yaml.safe_dump(base))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(isolated.env)
+    command = [sys.executable, "-m", "dgm.cli", "train", "--model", "vae", "--params",
+               str(params_file)]
+    driver = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    s3 = boto3.client("s3", endpoint_url=isolated.env["AWS_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+
+    def checkpoints() -> list[str]:
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="ray/digits-vae-"
+                                                     ).get("Contents", [])
+                if o["Key"].endswith("/checkpoint.pt")]
+
+    deadline = time.monotonic() + 300
+    while not checkpoints() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert checkpoints() and driver.poll() is None, "no checkpoint before the driver ended"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+
+    done = subprocess.run([*command, "--resume"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = yaml.safe_load((project / "artifacts/models/digits/vae/run.json").read_text())
+    assert info["epochs"] == 4
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(info["run_id"]).info.status == "FINISHED"
+    # every epoch logged; epoch 1 (checkpointed before the kill) was not trained again
+    logged = [m.step for m in client.get_metric_history(info["run_id"], "loss")]
+    assert sorted(set(logged)) == [1, 2, 3, 4] and logged.count(1) == 1, logged
+
+
+def test_study_on_isolated_nodes_survives_losing_one_and_resumes_from_s3(
+        isolated, project, digits_evaluator):
+    """Last in the module: it kills a worker node. Two trials train at once, a 1-CPU Train
+    worker each, one per node (the trials' drivers hold no CPU, so after the loss they
+    cannot starve each other's workers). Once both have a checkpoint in the bucket and are
+    mid-training, one node is killed: the study still completes, and the trial that lost
+    its worker continues from its S3 checkpoint on the other node (Ray Train restarts its
+    worker group, ``tune.max_failures``): its first epoch is not trained, nor logged, twice."""
+    import shutil
+    import threading
+    import time
+
+    shutil.copytree(digits_evaluator[0], project / "artifacts/evaluator/digits",
+                    dirs_exist_ok=True)
+    epochs = 6
+    tune = {"models": ["gan"], "num_samples": 3, "epochs": epochs, "max_concurrent_trials": 2,
+            "num_workers": 1, "cpus_per_worker": 1, "trial_cpus": 0, "scheduler": "fifo",
+            "searcher": "random", "max_failures": 3, "eval_samples": 100,
+            "space": {"gan": {"lr_g": {"loguniform": [1e-4, 1e-3]}}}}
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(done=dgm(
+        isolated, project, "tune", "--model", "gan", params={"tune": tune}, timeout=900)))
+    runner.start()
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    s3 = boto3.client("s3", endpoint_url=isolated.env["AWS_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    pointer = project / "artifacts/ray_results/.tune/digits-gan.json"
+
+    def both_mid_training() -> bool:
+        if not pointer.is_file():
+            return False
+        study = yaml.safe_load(pointer.read_text())
+        keys = [o["Key"] for o in s3.list_objects_v2(
+            Bucket=BUCKET, Prefix=f"ray/{study['study']}-train/").get("Contents", [])]
+        checkpointed = {k.split("/")[2] for k in keys if k.endswith("/checkpoint.pt")}
+        mid = 0
+        for run in client.search_runs(
+                [client.get_experiment_by_name("dgm-digits").experiment_id],
+                f"tags.`mlflow.parentRunId` = '{study['parent_run_id']}'"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_fid")]
+            mid += (run.info.status == "RUNNING" and run.data.tags["dgm.trial_id"]
+                    in checkpointed and max(steps or [epochs]) < epochs)
+        return mid == 2
+
+    deadline = time.monotonic() + 400
+    while not both_mid_training() and time.monotonic() < deadline and runner.is_alive():
+        time.sleep(0.3)
+    assert runner.is_alive() and time.monotonic() < deadline, f"no kill point: {outcome}"
+    isolated.kill_node(0)
+    runner.join(timeout=900)
+    done = outcome["done"]
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    table = pq.read_table(project / "artifacts/tune/digits/gan/results.parquet").to_pylist()
+    assert len(table) == 3 and {row["status"] for row in table} == {"TERMINATED"}
+    assert all(row["epochs"] == epochs for row in table)
+    # One trial's worker was on the killed node (one 1-CPU worker per node); none started
+    # over: every trial logged every epoch, its first one once.
+    for row in table:
+        steps = [m.step for m in client.get_metric_history(row["run_id"], "val_fid")]
+        assert sorted(set(steps)) == list(range(1, epochs + 1)) and steps.count(1) == 1, steps
+    assert isolated.alive_workers() == 1
