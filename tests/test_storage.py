@@ -3,8 +3,6 @@ with the driver: shipped directories, the driver-node proxy, the code version, j
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 
 from dgm import cluster
@@ -62,7 +60,9 @@ def test_shipped_directory_is_used_in_place_or_copied_once(ray_session, tmp_path
     (source / "train").mkdir(parents=True)
     (source / "train" / "part-0.parquet").write_bytes(b"\x00" * 1000)
     (source / "meta.json").write_text("{}")
-    shipped = pickle.loads(pickle.dumps(cluster.ship_directory(source)))
+    import ray
+
+    shipped = ray.get(ray.put(cluster.ship_directory(source)))  # as in a worker's job
     assert shipped.materialize() == source  # the same files here: used in place
 
     monkeypatch.setattr(cluster.tempfile, "gettempdir", lambda: str(tmp_path / "node-tmp"))
@@ -82,7 +82,9 @@ def test_driver_proxy_calls_an_actor_on_the_drivers_node(ray_session):
 
     proxy = cluster.on_driver_node(queue.Queue)  # a class every worker can import
     proxy.put("a")
-    travelled = pickle.loads(pickle.dumps(proxy))  # as in a worker's job: the same actor
+    import ray
+
+    travelled = ray.get(ray.put(proxy))  # as in a worker's job: the same actor
     travelled.put("b")
     assert proxy.qsize() == 2 and travelled.get() == "a"
     assert cluster.single_node()
