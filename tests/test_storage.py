@@ -78,15 +78,14 @@ def test_shipped_directory_is_used_in_place_or_copied_once(ray_session, tmp_path
 
 
 def test_driver_proxy_calls_an_actor_on_the_drivers_node(ray_session):
-    import queue
+    import string
 
-    proxy = cluster.on_driver_node(queue.Queue)  # a class every worker can import
-    proxy.put("a")
     import ray
 
+    proxy = cluster.on_driver_node(string.Template, "$a-$b")  # every worker imports it
+    assert proxy.substitute(a=1, b=2) == "1-2"
     travelled = ray.get(ray.put(proxy))  # as in a worker's job: the same actor
-    travelled.put("b")
-    assert proxy.qsize() == 2 and travelled.get() == "a"
+    assert travelled.safe_substitute(a=3) == "3-$b"
     assert cluster.single_node()
     with pytest.raises(AttributeError):
         proxy.__wrapped__  # noqa: B018 - dunder lookups never reach the actor
