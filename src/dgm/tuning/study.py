@@ -189,7 +189,11 @@ def make_tuner(trainable, space, cfg: TuneConfig, key: str, mode: str, storage: 
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=key, mode=mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrency,
+                                    # BasicVariantGenerator limits itself (given
+                                    # both, Tune warns and drops this one).
+                                    max_concurrent_trials=(concurrency
+                                                           if cfg.searcher == "optuna"
+                                                           else None),
                                     # A trial's actor serves the next trial: a stopped
                                     # trial ends its Train run first (see
                                     # abort_train_run_when_stopped).
