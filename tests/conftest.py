@@ -225,17 +225,21 @@ def server_process(command: list[str], ready_url: str, log: Path, env: dict[str,
 
 
 @contextmanager
-def mlflow_server(directory: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store and a local
-    artifact destination under ``directory``, artifacts proxied over HTTP. Yields its URI."""
+def mlflow_server(directory: Path, artifacts: str | None = None,
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store under
+    ``directory``, artifacts proxied over HTTP to ``artifacts`` (default: a directory under
+    ``directory``; an ``s3://`` URI with ``env``'s AWS settings). Yields its URI."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-               "--artifacts-destination", str(directory / "mlartifacts")]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+               "--artifacts-destination", artifacts or str(directory / "mlartifacts")]
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(env or {})}
+    if "AWS_ENDPOINT_URL" in env:  # MLflow's S3 client reads its own variable
+        env["MLFLOW_S3_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"]
     with server_process(command, f"{uri}/health", directory / "server.log", env, directory):
         yield uri
 

@@ -105,14 +105,16 @@ class IsolatedCluster:
 
     def _node_command(self, address: str, index: int) -> list[str]:
         """``ray start`` in a private mount namespace with the driver's files hidden."""
-        base_port = 30000 + 1000 * index + (os.getpid() % 50) * 20
+        # 194 worker ports a node (Ray Data starts many worker processes), below the
+        # ephemeral range; the driver's pid keeps concurrent harnesses apart
+        base_port = 20000 + 5000 * index + (os.getpid() % 25) * 200
         hide = " ".join(f"mount -t tmpfs none {p};" for p in self.hidden)
         ports = (f"--node-manager-port {base_port} --object-manager-port {base_port + 1} "
                  f"--metrics-export-port {base_port + 2} "
                  f"--dashboard-agent-listen-port {base_port + 3} "
                  f"--dashboard-agent-grpc-port {base_port + 4} "
                  f"--runtime-env-agent-port {base_port + 5} "
-                 f"--min-worker-port {base_port + 6} --max-worker-port {base_port + 19}")
+                 f"--min-worker-port {base_port + 6} --max-worker-port {base_port + 199}")
         start = (f"exec {BIN / 'ray'} start --address {address} --node-ip-address "
                  f"127.0.0.{index + 2} --num-cpus 1 --block --disable-usage-stats {ports}")
         return ["unshare", "-m", "bash", "-c", f"set -e; {hide} {start}"]

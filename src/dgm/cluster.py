@@ -155,7 +155,7 @@ class ShippedDirectory:
     def materialize(self) -> Path:
         """A local directory holding the shipped files."""
         source = Path(self.source)
-        if source.is_dir() and _directory_digest(source)[0] == self.digest:
+        if source.is_dir() and directory_digest(source) == self.digest:
             return source
         cache = Path(tempfile.gettempdir()) / "dgm-shipped" / self.digest
         if (cache / ".complete").is_file():
@@ -174,14 +174,16 @@ class ShippedDirectory:
         return cache
 
 
-def _directory_digest(path: Path) -> tuple[str, dict[str, bytes]]:
-    blobs = {p.relative_to(path).as_posix(): p.read_bytes()
-             for p in sorted(path.rglob("*")) if p.is_file()}
+def directory_digest(path: str | Path) -> str:
+    """A digest of the names and contents of the files under ``path`` (read in chunks)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    for name, data in blobs.items():
-        digest.update(f"{name}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()[:16], blobs
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def ship_directory(path: str | Path) -> ShippedDirectory:
@@ -189,8 +191,9 @@ def ship_directory(path: str | Path) -> ShippedDirectory:
     path = Path(path).resolve()
     if not path.is_dir():
         raise DgmError(f"not a directory: {path}")
-    digest, blobs = _directory_digest(path)
-    return ShippedDirectory(str(path), digest, ray.put(blobs))
+    blobs = {p.relative_to(path).as_posix(): p.read_bytes()
+             for p in sorted(path.rglob("*")) if p.is_file()}
+    return ShippedDirectory(str(path), directory_digest(path), ray.put(blobs))
 
 
 def materialize(location: ShippedDirectory | str | Path) -> Path:

@@ -6,6 +6,7 @@ driver's node. Every command is the real ``dgm`` CLI with ``RAY_ADDRESS`` at the
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -127,12 +128,17 @@ def test_generation_with_two_actors_on_the_nodes_equals_one_in_process(isolated,
 
 def test_storage_the_nodes_cannot_see_is_refused_in_one_line(isolated, project):
     local = project / "driver-only"
-    for storage, expected in [
-        (None, "cluster.storage is null but the Ray cluster has 3 nodes"),
-        (str(local), f"cluster.storage {local} is not visible on node(s) 127.0.0.2, 127.0.0.3"),
+    base = yaml.safe_load((project / "params.yaml").read_text())
+    for variant, expected in [
+        ({"cluster": {"storage": None}}, "cluster.storage is null but the Ray cluster has 3 nodes"),
+        ({"cluster": {"storage": str(local)}},
+         f"cluster.storage {local} is not visible on node(s) 127.0.0.2, 127.0.0.3"),
+        # Ray Data's file listing needs a CPU the 1-CPU workers of both nodes leave nobody
+        ({"train": {**base["train"], "ingest": "stream"}},
+         "train.ingest stream: Ray Data lists the files in a 1-CPU task, but the workers take "
+         "2 of the cluster's 2 CPUs"),
     ]:
-        done = dgm(isolated, project, "train", "--model", "gan",
-                   params={"cluster": {"storage": storage}}, timeout=120)
+        done = dgm(isolated, project, "train", "--model", "gan", params=variant, timeout=120)
         assert done.returncode != 0
         # (Ray also streams its GCS's own error lines to every driver: not ours to print)
         lines = [line for line in done.stderr.strip().splitlines()
@@ -141,19 +147,50 @@ def test_storage_the_nodes_cannot_see_is_refused_in_one_line(isolated, project):
         assert "Traceback" not in done.stderr
 
 
-def test_resume_after_the_driver_is_killed_continues_from_the_s3_checkpoint(isolated, project):
-    """``dgm train --model vae`` is SIGKILLed once two checkpoints are in the bucket; the
-    workers go with it; ``--resume`` finds the run in S3 and trains only the later epochs."""
+def test_resume_after_the_driver_is_killed_continues_from_the_s3_checkpoint(
+        isolated, project, tmp_path):
+    """``dgm train --model vae``, its data streamed by Ray Data from the bucket and its
+    tracking an HTTP ``mlflow server`` whose artifacts go to the bucket, is SIGKILLed once two
+    checkpoints are in the bucket; the workers go with it; ``--resume`` finds the run in S3
+    and trains only the later epochs."""
+    from conftest import mlflow_server
+
+    from dgm.cluster import directory_digest
+
+    with mlflow_server(tmp_path / "mlflow", artifacts=f"s3://{BUCKET}/mlflow",
+                       env=isolated.env) as uri:
+        killed_and_resumed(isolated, project, uri)
+    # the workers streamed the splits from the bucket: one copy, named by its content
+    s3 = boto3.client("s3", endpoint_url=isolated.env["AWS_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    digest = directory_digest(project / "artifacts/data/digits")
+    copied = [o["Key"] for o in s3.list_objects_v2(
+        Bucket=BUCKET, Prefix="ray/datasets/").get("Contents", [])]
+    assert f"ray/datasets/{digest}/_COMPLETE" in copied
+    assert {k.split("/")[3] for k in copied if k.endswith(".parquet")} == {"train", "val", "test"}
+    history = list(csv.DictReader(open(project / "artifacts/models/digits/vae/history.csv")))
+    # 1294 train rows, 64 a batch: 20 steps an epoch
+    assert [int(float(r["step"])) for r in history] == [20, 40, 60]
+    # the sample grids went through the tracking server into the bucket
+    grids = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/").get(
+        "Contents", []) if "/samples/epoch_" in o["Key"]]
+    assert sorted(k.rsplit("/", 1)[1] for k in grids) == [
+        "epoch_0001.png", "epoch_0002.png", "epoch_0003.png"]
+
+
+def killed_and_resumed(isolated, project: Path, uri: str) -> None:
+    """The VAE run of the resume test, tracked at ``uri``: killed, resumed, checked."""
     import signal
     import time
 
     params_file = project / "params-vae.yaml"
     base = yaml.safe_load((project / "params.yaml").read_text())
     base["models"] = {"vae": {"width": 8, "latent_dim": 4}}
-    base["train"] = {**base["train"], "epochs": 4}
+    # One worker: the other node's CPU is left to Ray Data's listing task.
+    base["train"] = {**base["train"], "epochs": 3, "ingest": "stream", "num_workers": 1}
     params_file.write_text(yaml.safe_dump(base))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(isolated.env)
+    env = {**os.environ, **isolated.env, "MLFLOW_TRACKING_URI": uri}
     command = [sys.executable, "-m", "dgm.cli", "train", "--model", "vae", "--params",
                str(params_file)]
     driver = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL,
@@ -180,12 +217,14 @@ def test_resume_after_the_driver_is_killed_continues_from_the_s3_checkpoint(isol
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     info = yaml.safe_load((project / "artifacts/models/digits/vae/run.json").read_text())
-    assert info["epochs"] == 4
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert info["epochs"] == 3
+    client = MlflowClient(uri)
     assert client.get_run(info["run_id"]).info.status == "FINISHED"
     # every epoch logged; epoch 1 (checkpointed before the kill) was not trained again
     logged = [m.step for m in client.get_metric_history(info["run_id"], "loss")]
-    assert sorted(set(logged)) == [1, 2, 3, 4] and logged.count(1) == 1, logged
+    assert sorted(set(logged)) == [1, 2, 3] and logged.count(1) == 1, logged
+    assert {a.path for a in client.list_artifacts(info["run_id"], "samples")} == {
+        "samples/epoch_0001.png", "samples/epoch_0002.png", "samples/epoch_0003.png"}
 
 
 def test_study_on_isolated_nodes_survives_losing_one_and_resumes_from_s3(

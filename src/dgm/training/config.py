@@ -40,6 +40,10 @@ class TrainConfig(Section):
     lr_schedule: ScheduleConfig = ScheduleConfig()  # every optimizer, stepped per epoch
     early_stopping: EarlyStopping = EarlyStopping()  # on a validation metric (patience null: off)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
+    # How workers get the data: memory (each worker holds the splits, shipped through the
+    # object store), stream (each rank reads its Ray Data shard from cluster.storage), auto:
+    # stream datasets of 256 MiB and more when cluster.storage is set, else memory.
+    ingest: Literal["auto", "memory", "stream"] = "auto"
     # Ray Train V2 collects worker reports at this interval and each report waits for the
     # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
     report_interval_s: Annotated[float, Field(gt=0)] = 0.1

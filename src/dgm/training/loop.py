@@ -135,9 +135,9 @@ def _train_epochs(model, loader, *, epochs, start_epoch, max_steps, start_step, 
     for epoch in range(start_epoch + 1, epochs + 1):
         if max_steps is not None and step >= max_steps:
             break
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        for source in (loader, getattr(loader, "sampler", None)):  # a new shuffle per epoch
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
         started = time.perf_counter()
         sums: dict[str, float] = {}
         steps = 0

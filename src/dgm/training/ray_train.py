@@ -29,6 +29,7 @@ from dgm.cluster import (
     check_storage,
     code_version,
     decide_use_gpu,
+    directory_digest,
     ensure_ray,
     quiet_reports,
     root_cause,
@@ -36,6 +37,12 @@ from dgm.cluster import (
 )
 from dgm.data.loading import load_split_tensors
 from dgm.data.parquet import read_meta
+from dgm.data.streaming import (
+    STREAM_MIN_BYTES,
+    ShardLoader,
+    StreamedDataset,
+    stream_dataset,
+)
 from dgm.errors import DgmError
 from dgm.models.base import ModelConfigBase
 from dgm.models.generator import save_generator
@@ -88,17 +95,8 @@ def train_worker(job: dict[str, Any]) -> None:
         start_epoch, history = state["epoch"], list(state["history"])
         start_step = int(history[-1]["step"]) if history else 0
 
-    dataset_dir = job["dataset"].materialize()
-    dataset = load_split_tensors(dataset_dir, "train")
     per_worker = max(1, cfg.batch_size // world)
-    loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True)
-    loader = ray.train.torch.prepare_data_loader(loader)
-    val_loader = None
-    if (dataset_dir / "val").is_dir():
-        val = load_split_tensors(dataset_dir, "val")
-        val_loader = ray.train.torch.prepare_data_loader(
-            DataLoader(val, batch_size=max(per_worker, 256), shuffle=False))
-
+    loader, val_loader = data_loaders(job["dataset"], per_worker, cfg.seed)
     callbacks = active(job.get("callbacks") or [], rank, world)
     callbacks.append(CheckpointReport(history, rank))
     train_epochs(model, loader, epochs=cfg.epochs, start_epoch=start_epoch,
@@ -108,6 +106,56 @@ def train_worker(job: dict[str, Any]) -> None:
                  previous=list(history))
 
 
+def data_loaders(dataset: ShippedDirectory | StreamedDataset, per_worker: int, seed: int):
+    """This rank's (train loader, val loader or None): its shard of the Ray Data splits, or
+    the shipped splits in memory behind a ``DistributedSampler``."""
+    val_batch = max(per_worker, 256)
+    if isinstance(dataset, StreamedDataset):
+        loader = ShardLoader("train", dataset.meta, per_worker, shuffle=True, seed=seed)
+        val_loader = (ShardLoader("val", dataset.meta, val_batch, shuffle=False, seed=seed)
+                      if "val" in dataset.splits else None)
+        return loader, val_loader
+    dataset_dir = dataset.materialize()
+    loader = ray.train.torch.prepare_data_loader(DataLoader(
+        load_split_tensors(dataset_dir, "train"), batch_size=per_worker, shuffle=True,
+        drop_last=True))
+    val_loader = None
+    if (dataset_dir / "val").is_dir():
+        val_loader = ray.train.torch.prepare_data_loader(DataLoader(
+            load_split_tensors(dataset_dir, "val"), batch_size=val_batch, shuffle=False))
+    return loader, val_loader
+
+
+def resolve_ingest(setting: str, cluster_storage: str | None, dataset_dir: Path) -> str:
+    """``memory`` or ``stream`` for ``train.ingest`` (auto: stream a dataset of at least
+    :data:`STREAM_MIN_BYTES` when the cluster has a storage every node sees)."""
+    if setting == "auto":
+        size = sum(p.stat().st_size for p in Path(dataset_dir).rglob("*.parquet"))
+        return "stream" if cluster_storage is not None and size >= STREAM_MIN_BYTES else "memory"
+    return setting
+
+
+def check_listing_room(cfg: TrainConfig, section: str, driver_cpus: float = 0.0) -> None:
+    """Ray Data lists a streamed dataset's files in a task of 1 CPU (fixed by Ray): refuse at
+    once, not hang, when the workers (and a trial's driver) leave no CPU for it."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    used = driver_cpus + cfg.num_workers * cfg.cpus_per_worker
+    if cpus - used < 1:
+        raise DgmError(f"{section}.ingest stream: Ray Data lists the files in a 1-CPU task, but "
+                       f"the workers take {used:g} of the cluster's {cpus:g} CPUs (lower "
+                       f"{section}.cpus_per_worker, or use ingest memory)")
+
+
+def training_data(dataset_dir: Path, ingest: str, cluster_storage: str | None
+                  ) -> tuple[ShippedDirectory | StreamedDataset, list[int]]:
+    """The prepared dataset as the workers will read it (``ingest``: memory or stream) and
+    its image shape (C, H, W)."""
+    if ingest == "stream":
+        data = stream_dataset(dataset_dir, cluster_storage, directory_digest(dataset_dir))
+        return data, list(data.meta.shape_chw)
+    return ship_dataset(dataset_dir)
+
+
 def ship_dataset(dataset_dir: Path) -> tuple[ShippedDirectory, list[int]]:
     """The prepared dataset shipped to the workers through the object store (no worker reads
     the driver's disk), and its image shape (C, H, W)."""
@@ -115,11 +163,11 @@ def ship_dataset(dataset_dir: Path) -> tuple[ShippedDirectory, list[int]]:
     return ship_directory(dataset_dir), list(meta.shape_chw)
 
 
-def build_job(dataset: ShippedDirectory, image_shape: list[int], model_config: ModelConfigBase,
-              train_config: TrainConfig, callbacks: list[EpochCallback] | None = None
-              ) -> dict[str, Any]:
-    """What every worker receives: plain data, the shipped dataset, the callbacks and the
-    driver's code version (a worker running other code refuses)."""
+def build_job(dataset: ShippedDirectory | StreamedDataset, image_shape: list[int],
+              model_config: ModelConfigBase, train_config: TrainConfig,
+              callbacks: list[EpochCallback] | None = None) -> dict[str, Any]:
+    """What every worker receives: plain data, the dataset (shipped, or streamed by Ray
+    Data), the callbacks and the driver's code version (a worker running other code refuses)."""
     return {
         "dataset": dataset,
         "model": model_config.model_dump(),
@@ -131,11 +179,11 @@ def build_job(dataset: ShippedDirectory, image_shape: list[int], model_config: M
 
 
 def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
-                    storage: str | None = None) -> bool:
-    """Join or start Ray, check that ``cfg``'s workers fit it and that every node sees
-    ``storage`` (``cluster.storage``; None: local, refused on a multi-node cluster); return
-    whether the workers use GPUs (``section`` names the params in messages: ``train`` or
-    ``tune``)."""
+                    storage: str | None = None, dataset_dir: Path | None = None) -> bool:
+    """Join or start Ray, check that ``cfg``'s workers fit it, that every node sees
+    ``storage`` (``cluster.storage``; None: local, refused on a multi-node cluster) and, when
+    ``dataset_dir`` will be streamed, that Ray Data has room; return whether the workers use
+    GPUs (``section`` names the params in messages: ``train`` or ``tune``)."""
     ensure_ray()
     check_storage(storage)
     use_gpu = decide_use_gpu(cfg.use_gpu, cfg.num_workers, f"{section}.use_gpu")
@@ -144,6 +192,8 @@ def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
         what = f"a trial ({section}.trial_cpus + {what})"
     check_resources(workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
                     driver_cpus=driver_cpus, use_gpu=use_gpu, what=what)
+    if dataset_dir is not None and resolve_ingest(cfg.ingest, storage, dataset_dir) == "stream":
+        check_listing_room(cfg, section, driver_cpus)
     return use_gpu
 
 
@@ -154,9 +204,11 @@ def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: s
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    streamed = job["dataset"] if isinstance(job["dataset"], StreamedDataset) else None
     return TorchTrainer(
         train_worker,
         train_loop_config=job,
+        datasets=streamed.datasets() if streamed else None,
         scaling_config=ScalingConfig(
             num_workers=train_config.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": train_config.cpus_per_worker},
@@ -184,8 +236,11 @@ def fit(
     """Run the ``TorchTrainer`` (``callbacks`` after every epoch, on the workers) with its
     checkpoints under ``storage_path`` (``cluster_storage`` when set: a path or URI every
     node sees); return (history, final checkpoint state)."""
-    use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage)
-    job = build_job(*ship_dataset(dataset_dir), model_config, train_config, callbacks)
+    use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage,
+                              dataset_dir=dataset_dir)
+    ingest = resolve_ingest(train_config.ingest, cluster_storage, dataset_dir)
+    job = build_job(*training_data(dataset_dir, ingest, cluster_storage), model_config,
+                    train_config, callbacks)
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
     apply_train_environment(train_config.report_interval_s)
     try:

@@ -39,7 +39,14 @@ from dgm.evaluation.metrics import MetricOptions, metric_mode
 from dgm.models.base import ModelConfigBase
 from dgm.models.registry import config_from_dict, validation_metric
 from dgm.training.config import TrainConfig
-from dgm.training.ray_train import build_job, make_trainer, prepare_cluster, ship_dataset
+from dgm.training.ray_train import (
+    build_job,
+    make_trainer,
+    prepare_cluster,
+    resolve_ingest,
+    ship_dataset,
+    training_data,
+)
 from dgm.tuning.config import TuneConfig
 from dgm.tuning.space import Dimension, apply_overrides, grid_points, to_param_space
 
@@ -247,7 +254,7 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
     key, mode = f"val_{metric}", cfg.mode or metric_mode(metric)
     trial_train = trial_train_config(train, cfg)
     prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus,
-                    storage=plan.cluster_storage)
+                    storage=plan.cluster_storage, dataset_dir=plan.dataset_dir)
     if resume:
         if not plan.pointer.is_file():
             raise DgmError(f"--resume: no earlier study of {plan.model_name} ({plan.pointer} "
@@ -273,13 +280,17 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
     options = plan.metric_options or MetricOptions()
     # Trials and their workers read nothing from the driver's disk: the dataset and the
     # evaluator travel through the object store, MLflow calls through `tracking`.
-    dataset, image_shape = ship_dataset(plan.dataset_dir)
+    dataset, image_shape = ship_dataset(plan.dataset_dir)  # the val split scores each epoch
+    train_data = dataset
+    if resolve_ingest(trial_train.ingest, plan.cluster_storage,
+                      plan.dataset_dir) == "stream":
+        train_data = training_data(plan.dataset_dir, "stream", plan.cluster_storage)[0]
     evaluator = (ship_directory(plan.evaluator_dir)
                  if metric != LIKELIHOOD_METRIC and Path(plan.evaluator_dir).is_dir() else None)
     job = {
         "study": study, "experiment": plan.experiment, "parent_run_id": parent_run_id,
         "tracking_uri": plan.tracking_uri, "tracking": worker_tracking(plan.tracking_uri),
-        "dataset": dataset, "image_shape": image_shape, "code_version": code_version(),
+        "dataset": train_data, "image_shape": image_shape, "code_version": code_version(),
         "model": plan.model_config.model_dump(), "train": trial_train.model_dump(),
         "train_storage": f"{storage}/{study}-train",
         "validation": {"metric": metric, "data_dir": dataset, "evaluator_dir": evaluator,
