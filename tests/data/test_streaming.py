@@ -4,6 +4,8 @@ in tests/training/test_ray_train.py and on the isolated nodes)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -54,9 +56,16 @@ def test_auto_streams_large_datasets_when_the_cluster_has_storage(digits_dir, tm
     assert resolve_ingest("auto", "s3://b/x", digits_dir) == "memory"  # digits is small
     big = tmp_path / "big"
     (big / "train").mkdir(parents=True)
-    with open(big / "train" / "part-00000.parquet", "wb") as fh:
+    shutil.copy(next((digits_dir / "train").glob("*.parquet")), big / "train" / "part-0.parquet")
+    with open(big / "train" / "part-1.parquet", "wb") as fh:
         fh.truncate(STREAM_MIN_BYTES)  # sparse: the size counts
     assert resolve_ingest("auto", "s3://b/x", big) == "stream"
     assert resolve_ingest("auto", None, big) == "memory"
     assert resolve_ingest("stream", None, digits_dir) == "stream"
     assert resolve_ingest("memory", "s3://b/x", big) == "memory"
+    # a large val split streams too (a small one travels whole: tests/training)
+    assert stream_dataset(big, None, "d").splits == ("train",)
+    (big / "val").mkdir()
+    with open(big / "val" / "part-00000.parquet", "wb") as fh:
+        fh.truncate(STREAM_MIN_BYTES)
+    assert stream_dataset(big, None, "d").splits == ("train", "val")

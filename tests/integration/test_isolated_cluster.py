@@ -7,6 +7,7 @@ driver's node. Every command is the real ``dgm`` CLI with ``RAY_ADDRESS`` at the
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -225,6 +226,48 @@ def killed_and_resumed(isolated, project: Path, uri: str) -> None:
     assert sorted(set(logged)) == [1, 2, 3] and logged.count(1) == 1, logged
     assert {a.path for a in client.list_artifacts(info["run_id"], "samples")} == {
         "samples/epoch_0001.png", "samples/epoch_0002.png", "samples/epoch_0003.png"}
+
+
+def test_ray_job_submit_of_the_pipeline_script_trains_on_the_isolated_nodes(
+        isolated, tmp_path):
+    """The README's `ray job submit --working-dir . -- bash pipelines/cluster-run.sh` from a
+    copy of the committed project (Ray uploads it without what .gitignore names: no data, no
+    artifacts): on the head the job makes the raw data and runs `dvc exp run` up to
+    `train@gan`, whose workers run on the isolated nodes and checkpoint to the bucket."""
+    import shutil
+
+    project = tmp_path / "job"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    tiny = ["evaluator.epochs=2", "tune.models=[]", "train.epochs=2", "train.num_workers=2",
+            "train.cpus_per_worker=1", "train.batch_size=128", "train.max_failures=0",
+            "models.gan.width=8", "models.gan.latent_dim=8"]
+    env_vars = {"DGM_STORAGE": f"s3://{BUCKET}/job", "PATH": f"{Path(sys.executable).parent}:"
+                f"{os.environ['PATH']}",
+                "DGM_DVC_ARGS": " ".join(f"-S configs/params.yaml:{s}" for s in tiny)
+                + " train@gan"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
+                                                            "RAY_ADDRESS")}
+    env.update({k: v for k, v in isolated.env.items() if k != "RAY_ADDRESS"})
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address",
+         isolated.env["DGM_TEST_DASHBOARD"], "--working-dir", str(project),
+         "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+         "bash", "pipelines/cluster-run.sh"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (
+        done.stdout[-3000:] + done.stderr[-2000:])
+    assert "epoch 2/2" in done.stdout  # rank 0's progress, streamed back with the job's logs
+    s3 = boto3.client("s3", endpoint_url=isolated.env["AWS_ENDPOINT_URL"],
+                      region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="job/digits-gan-"
+                                                 ).get("Contents", [])]
+    assert sum(k.endswith("/checkpoint.pt") for k in keys) == 2
 
 
 def test_study_on_isolated_nodes_survives_losing_one_and_resumes_from_s3(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from dgm.data.loading import to_float_tensor
-from dgm.data.parquet import SPLITS, DatasetMeta, decode_table, read_meta
+from dgm.data.parquet import DatasetMeta, decode_table, read_meta
 from dgm.errors import DgmError
 from dgm.storage import filesystem, join
 
@@ -48,12 +49,15 @@ class ImageBatches(ArrowBatchCollateFn):
 @dataclass(frozen=True)
 class StreamedDataset:
     """A prepared dataset as Ray Train reads it: Parquet splits under ``location`` (a URI or a
-    path every node sees)."""
+    path every node sees). A val split below :data:`STREAM_MIN_BYTES` is not streamed (each
+    epoch scores it, and every Ray Data pass pays its start-up): it travels whole
+    (``small_val``, set by the trainer)."""
 
     location: str
-    splits: tuple[str, ...]
+    splits: tuple[str, ...]  # the streamed ones
     meta: DatasetMeta
-    files: tuple[int, ...] = ()  # Parquet files of each split
+    files: tuple[int, ...] = ()  # Parquet files of each streamed split
+    small_val: Any = None  # ShippedDirectory of the val split's files, or None
 
     def datasets(self) -> dict:
         """One Ray Data dataset per split, for ``TorchTrainer(datasets=...)``."""
@@ -72,16 +76,24 @@ class StreamedDataset:
 
 def stream_dataset(dataset_dir: Path, storage: str | None, digest: str) -> StreamedDataset:
     """``dataset_dir`` readable by every node: copied under ``storage`` unless a complete copy
-    of the same ``digest`` is there, or read in place when ``storage`` is None (one machine)."""
+    of the same ``digest`` is there, or read in place when ``storage`` is None (one machine);
+    the train split streamed, the val split too when it is large."""
     dataset_dir = Path(dataset_dir)
-    splits = tuple(s for s in SPLITS if (dataset_dir / s).is_dir())
+    val = dataset_dir / "val"
+    splits = ("train", "val") if val.is_dir() and split_bytes(val) >= STREAM_MIN_BYTES else (
+        "train",)
     meta = read_meta(dataset_dir / "train")
     files = tuple(len(list((dataset_dir / s).glob("*.parquet"))) for s in splits)
-    if storage is None:
-        return StreamedDataset(str(dataset_dir.resolve()), splits, meta, files)
-    location = join(storage, "datasets", digest)
-    upload_once(dataset_dir, location)
+    location = str(dataset_dir.resolve())
+    if storage is not None:
+        location = join(storage, "datasets", digest)
+        upload_once(dataset_dir, location)
     return StreamedDataset(location, splits, meta, files)
+
+
+def split_bytes(directory: Path) -> int:
+    """The size of the Parquet files under ``directory``."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*.parquet"))
 
 
 def upload_once(local: Path, location: str) -> None:

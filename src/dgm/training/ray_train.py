@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,13 @@ from dgm.cluster import (
     root_cause,
     ship_directory,
 )
-from dgm.data.loading import load_split_tensors
-from dgm.data.parquet import read_meta
+from dgm.data.loading import load_split_tensors, to_dataset
+from dgm.data.parquet import read_images, read_meta
 from dgm.data.streaming import (
     STREAM_MIN_BYTES,
     ShardLoader,
     StreamedDataset,
+    split_bytes,
     stream_dataset,
 )
 from dgm.errors import DgmError
@@ -112,8 +113,13 @@ def data_loaders(dataset: ShippedDirectory | StreamedDataset, per_worker: int, s
     val_batch = max(per_worker, 256)
     if isinstance(dataset, StreamedDataset):
         loader = ShardLoader("train", dataset.meta, per_worker, shuffle=True, seed=seed)
-        val_loader = (ShardLoader("val", dataset.meta, val_batch, shuffle=False, seed=seed)
-                      if "val" in dataset.splits else None)
+        val_loader = None
+        if "val" in dataset.splits:
+            val_loader = ShardLoader("val", dataset.meta, val_batch, shuffle=False, seed=seed)
+        elif dataset.small_val is not None:
+            val_loader = ray.train.torch.prepare_data_loader(DataLoader(
+                to_dataset(read_images(dataset.small_val.materialize())),
+                batch_size=val_batch, shuffle=False))
         return loader, val_loader
     dataset_dir = dataset.materialize()
     loader = ray.train.torch.prepare_data_loader(DataLoader(
@@ -130,8 +136,8 @@ def resolve_ingest(setting: str, cluster_storage: str | None, dataset_dir: Path)
     """``memory`` or ``stream`` for ``train.ingest`` (auto: stream a dataset of at least
     :data:`STREAM_MIN_BYTES` when the cluster has a storage every node sees)."""
     if setting == "auto":
-        size = sum(p.stat().st_size for p in Path(dataset_dir).rglob("*.parquet"))
-        return "stream" if cluster_storage is not None and size >= STREAM_MIN_BYTES else "memory"
+        big = split_bytes(dataset_dir) >= STREAM_MIN_BYTES
+        return "stream" if cluster_storage is not None and big else "memory"
     return setting
 
 
@@ -152,6 +158,8 @@ def training_data(dataset_dir: Path, ingest: str, cluster_storage: str | None
     its image shape (C, H, W)."""
     if ingest == "stream":
         data = stream_dataset(dataset_dir, cluster_storage, directory_digest(dataset_dir))
+        if "val" not in data.splits and (Path(dataset_dir) / "val").is_dir():
+            data = replace(data, small_val=ship_directory(Path(dataset_dir) / "val"))
         return data, list(data.meta.shape_chw)
     return ship_dataset(dataset_dir)
 
