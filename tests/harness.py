@@ -85,7 +85,11 @@ class IsolatedCluster:
         self.head = self._spawn(
             [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "0",
              "--port", str(gcs_port), "--dashboard-port", str(dashboard),
-             "--include-dashboard", "true", "--disable-usage-stats"], "head.log", base)
+             "--include-dashboard", "true", "--disable-usage-stats",
+             # its own agent ports: beside another Ray (the suite's) the defaults are taken,
+             # and without an agent the head accepts no `ray job submit`
+             "--dashboard-agent-listen-port", str(free_port()),
+             "--dashboard-agent-grpc-port", str(free_port())], "head.log", base)
         ip = _wait_for_head(self.logs / "head.log", self.head)
         address = f"{ip}:{gcs_port}"
         for index in range(self.workers):
