@@ -133,6 +133,17 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def committed_copy(dest: Path) -> Path:
+    """A copy of the repository's committed files at ``dest`` (no data, no artifacts)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 def digits_project(root: Path, digits_dir: Path, evaluator: Path | None = None) -> Path:
     """A project at ``root``: a stub dvc.yaml, the session's prepared digits (a link) and,
     given ``evaluator``, a copy of that trained evaluator's directory."""

@@ -234,15 +234,9 @@ def test_ray_job_submit_of_the_pipeline_script_trains_on_the_isolated_nodes(
     copy of the committed project (Ray uploads it without what .gitignore names: no data, no
     artifacts): on the head the job makes the raw data and runs `dvc exp run` up to
     `train@gan`, whose workers run on the isolated nodes and checkpoint to the bucket."""
-    import shutil
+    from conftest import committed_copy
 
-    project = tmp_path / "job"
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, project / name)
+    project = committed_copy(tmp_path / "job")
     tiny = ["evaluator.epochs=2", "tune.models=[]", "train.epochs=2", "train.num_workers=2",
             "train.cpus_per_worker=1", "train.batch_size=128", "train.max_failures=0",
             "models.gan.width=8", "models.gan.latent_dim=8"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,13 +34,9 @@ def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 def pipeline_repo(tmp_path_factory, mlflow_server_uri):
     """A copy of the committed project, with a tiny config, after one `dvc repro` that
     tracks and registers on the MLflow server."""
-    repo = tmp_path_factory.mktemp("clone") / "dgm"
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
+    from conftest import committed_copy
+
+    repo = committed_copy(tmp_path_factory.mktemp("clone") / "dgm")
     params_file = repo / "configs" / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["evaluator"].update(epochs=3)
