@@ -11,9 +11,18 @@ import pytest
 import torch
 
 from dgm.cluster import directory_digest
+from dgm.data import streaming
 from dgm.data.loading import load_split_tensors
 from dgm.data.parquet import read_meta
-from dgm.data.streaming import COMPLETE, STREAM_MIN_BYTES, ImageBatches, stream_dataset
+from dgm.data.streaming import (
+    COMPLETE,
+    STREAM_MIN_BYTES,
+    ImageBatches,
+    shuffled_batches,
+    split_bytes,
+    stream_dataset,
+    train_file_order,
+)
 from dgm.errors import DgmError
 from dgm.training.ray_train import resolve_ingest
 
@@ -51,7 +60,8 @@ def test_a_storage_that_cannot_be_written_is_one_line(digits_dir, tmp_path):
         stream_dataset(digits_dir, str(blocker), "x")
 
 
-def test_auto_streams_large_datasets_when_the_cluster_has_storage(digits_dir, tmp_path):
+def test_auto_streams_large_datasets_when_the_cluster_has_storage(digits_dir, tmp_path,
+                                                                  monkeypatch):
     assert resolve_ingest("auto", None, digits_dir) == "memory"
     assert resolve_ingest("auto", "s3://b/x", digits_dir) == "memory"  # digits is small
     big = tmp_path / "big"
@@ -64,8 +74,40 @@ def test_auto_streams_large_datasets_when_the_cluster_has_storage(digits_dir, tm
     assert resolve_ingest("stream", None, digits_dir) == "stream"
     assert resolve_ingest("memory", "s3://b/x", big) == "memory"
     # a large val split streams too (a small one travels whole: tests/training)
-    assert stream_dataset(big, None, "d").splits == ("train",)
-    (big / "val").mkdir()
-    with open(big / "val" / "part-00000.parquet", "wb") as fh:
-        fh.truncate(STREAM_MIN_BYTES)
-    assert stream_dataset(big, None, "d").splits == ("train", "val")
+    assert stream_dataset(digits_dir, None, "d").splits == ("train",)
+    monkeypatch.setattr(streaming, "STREAM_MIN_BYTES", split_bytes(digits_dir / "val"))
+    data = stream_dataset(digits_dir, None, "d")
+    assert data.splits == ("train", "val")
+    assert sum(data.rows[1].values()) == pq.read_table(digits_dir / "val").num_rows
+
+
+def test_shuffled_batches_cover_every_row_once_in_full_batches_by_seed():
+    rows = torch.arange(1000, dtype=torch.uint8).reshape(-1, 1, 1, 1).repeat(1, 2, 2, 1)
+    labels = torch.arange(1000)
+    chunks = [(rows[a:b], labels[a:b]) for a, b in ((0, 300), (300, 310), (310, 1000))]
+
+    def run(seed):
+        return list(shuffled_batches(chunks, 64, torch.Generator().manual_seed(seed)))
+
+    batches = run(0)
+    assert [len(x) for x, _ in batches] == [64] * (1000 // 64)  # the last 40 rows dropped
+    seen = torch.cat([y for _, y in batches])
+    assert len(set(seen.tolist())) == len(seen) == 960  # no row twice
+    images = torch.cat([x for x, _ in batches])
+    assert images.shape == (960, 1, 2, 2) and images.dtype == torch.float32
+    assert torch.equal(images[:, 0, 0, 0], (seen % 256).float() / 255)  # rows stay paired
+    assert all(torch.equal(y, z) for (_, y), (_, z) in zip(batches, run(0), strict=True))
+    assert not torch.equal(seen, torch.cat([y for _, y in run(1)]))
+    # rows left over by a chunk are shuffled into the next: the first chunk's 300 rows
+    # reach beyond the first 4 batches (256 rows)
+    assert (torch.cat([y for _, y in batches[4:]]) < 300).any()
+
+
+def test_the_train_stream_holds_every_file_once_per_epoch_in_a_seeded_order(digits_dir):
+    digits = stream_dataset(digits_dir, None, "d")
+    assert digits.train_rows == pq.read_table(digits_dir / "train").num_rows
+    names = tuple(f"part-{i:05d}.parquet" for i in range(6))
+    order = train_file_order(names, epochs=3, seed=0)
+    assert order == train_file_order(names, epochs=3, seed=0) != train_file_order(names, 3, 1)
+    epochs = [order[i:i + 6] for i in range(0, 18, 6)]
+    assert all(sorted(e) == list(names) for e in epochs) and epochs[0] != epochs[1]

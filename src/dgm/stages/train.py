@@ -47,8 +47,7 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
     # the cluster first: a configuration it cannot run leaves no MLflow run behind
-    ray_train.prepare_cluster(params.train, "train", storage=params.cluster.storage,
-                              dataset_dir=lay.data_dir)
+    ray_train.prepare_cluster(params.train, "train", storage=params.cluster.storage)
     prefix = f"{params.data.name}-{model_name}-"
     storage = lay.ray_storage_of(params.cluster)
     if resume:

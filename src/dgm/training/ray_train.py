@@ -112,7 +112,8 @@ def data_loaders(dataset: ShippedDirectory | StreamedDataset, per_worker: int, s
     the shipped splits in memory behind a ``DistributedSampler``."""
     val_batch = max(per_worker, 256)
     if isinstance(dataset, StreamedDataset):
-        loader = ShardLoader("train", dataset.meta, per_worker, shuffle=True, seed=seed)
+        loader = ShardLoader("train", dataset.meta, per_worker, shuffle=True, seed=seed,
+                             train_rows=dataset.train_rows)
         val_loader = None
         if "val" in dataset.splits:
             val_loader = ShardLoader("val", dataset.meta, val_batch, shuffle=False, seed=seed)
@@ -139,17 +140,6 @@ def resolve_ingest(setting: str, cluster_storage: str | None, dataset_dir: Path)
         big = split_bytes(dataset_dir) >= STREAM_MIN_BYTES
         return "stream" if cluster_storage is not None and big else "memory"
     return setting
-
-
-def check_listing_room(cfg: TrainConfig, section: str, driver_cpus: float = 0.0) -> None:
-    """Ray Data lists a streamed dataset's files in a task of 1 CPU (fixed by Ray): refuse at
-    once, not hang, when the workers (and a trial's driver) leave no CPU for it."""
-    cpus = ray.cluster_resources().get("CPU", 0)
-    used = driver_cpus + cfg.num_workers * cfg.cpus_per_worker
-    if cpus - used < 1:
-        raise DgmError(f"{section}.ingest stream: Ray Data lists the files in a 1-CPU task, but "
-                       f"the workers take {used:g} of the cluster's {cpus:g} CPUs (lower "
-                       f"{section}.cpus_per_worker, or use ingest memory)")
 
 
 def training_data(dataset_dir: Path, ingest: str, cluster_storage: str | None
@@ -187,11 +177,11 @@ def build_job(dataset: ShippedDirectory | StreamedDataset, image_shape: list[int
 
 
 def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
-                    storage: str | None = None, dataset_dir: Path | None = None) -> bool:
-    """Join or start Ray, check that ``cfg``'s workers fit it, that every node sees
-    ``storage`` (``cluster.storage``; None: local, refused on a multi-node cluster) and, when
-    ``dataset_dir`` will be streamed, that Ray Data has room; return whether the workers use
-    GPUs (``section`` names the params in messages: ``train`` or ``tune``)."""
+                    storage: str | None = None) -> bool:
+    """Join or start Ray, check that ``cfg``'s workers fit it and that every node sees
+    ``storage`` (``cluster.storage``; None: local, refused on a multi-node cluster); return
+    whether the workers use GPUs (``section`` names the params in messages: ``train`` or
+    ``tune``)."""
     ensure_ray()
     check_storage(storage)
     use_gpu = decide_use_gpu(cfg.use_gpu, cfg.num_workers, f"{section}.use_gpu")
@@ -200,8 +190,6 @@ def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
         what = f"a trial ({section}.trial_cpus + {what})"
     check_resources(workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
                     driver_cpus=driver_cpus, use_gpu=use_gpu, what=what)
-    if dataset_dir is not None and resolve_ingest(cfg.ingest, storage, dataset_dir) == "stream":
-        check_listing_room(cfg, section, driver_cpus)
     return use_gpu
 
 
@@ -216,7 +204,7 @@ def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: s
     return TorchTrainer(
         train_worker,
         train_loop_config=job,
-        datasets=streamed.datasets() if streamed else None,
+        datasets=streamed.datasets(train_config.epochs, train_config.seed) if streamed else None,
         scaling_config=ScalingConfig(
             num_workers=train_config.num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": train_config.cpus_per_worker},
@@ -244,8 +232,7 @@ def fit(
     """Run the ``TorchTrainer`` (``callbacks`` after every epoch, on the workers) with its
     checkpoints under ``storage_path`` (``cluster_storage`` when set: a path or URI every
     node sees); return (history, final checkpoint state)."""
-    use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage,
-                              dataset_dir=dataset_dir)
+    use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage)
     ingest = resolve_ingest(train_config.ingest, cluster_storage, dataset_dir)
     job = build_job(*training_data(dataset_dir, ingest, cluster_storage), model_config,
                     train_config, callbacks)

@@ -254,7 +254,7 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
     key, mode = f"val_{metric}", cfg.mode or metric_mode(metric)
     trial_train = trial_train_config(train, cfg)
     prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus,
-                    storage=plan.cluster_storage, dataset_dir=plan.dataset_dir)
+                    storage=plan.cluster_storage)
     if resume:
         if not plan.pointer.is_file():
             raise DgmError(f"--resume: no earlier study of {plan.model_name} ({plan.pointer} "
