@@ -106,8 +106,7 @@ class StreamedDataset:
     location: str
     splits: tuple[str, ...]  # the streamed ones
     meta: DatasetMeta
-    files: tuple[tuple[str, ...], ...]  # the Parquet file names of each streamed split
-    rows: tuple[dict[str, int], ...]  # rows of each of those files
+    rows: tuple[dict[str, int], ...]  # each streamed split's Parquet files (sorted): rows
     small_val: Any = None  # ShippedDirectory of the val split's files, or None
 
     @property
@@ -123,7 +122,8 @@ class StreamedDataset:
         quiet.enable_progress_bars = False
         quiet.print_on_execution_start = False
         datasets = {}
-        for split, names, rows in zip(self.splits, self.files, self.rows, strict=True):
+        for split, rows in zip(self.splits, self.rows, strict=True):
+            names = tuple(rows)
             order = train_file_order(names, epochs, seed) if split == "train" else list(names)
             source = ParquetFiles(join(self.location, split), order, rows,
                                   self.meta.image_bytes)
@@ -148,15 +148,13 @@ def stream_dataset(dataset_dir: Path, storage: str | None, digest: str) -> Strea
     splits = ("train", "val") if val.is_dir() and split_bytes(val) >= STREAM_MIN_BYTES else (
         "train",)
     meta = read_meta(dataset_dir / "train")
-    files = tuple(tuple(sorted(p.name for p in (dataset_dir / s).glob("*.parquet")))
-                  for s in splits)
-    rows = tuple({name: pq.ParquetFile(dataset_dir / split / name).metadata.num_rows
-                  for name in names} for split, names in zip(splits, files, strict=True))
+    rows = tuple({p.name: pq.ParquetFile(p).metadata.num_rows
+                  for p in sorted((dataset_dir / split).glob("*.parquet"))} for split in splits)
     location = str(dataset_dir.resolve())
     if storage is not None:
         location = join(storage, "datasets", digest)
         upload_once(dataset_dir, location)
-    return StreamedDataset(location, splits, meta, files, rows)
+    return StreamedDataset(location, splits, meta, rows)
 
 
 def split_bytes(directory: Path) -> int:
