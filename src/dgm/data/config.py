@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,16 @@ class StackedConfig(Section):
     seed: int = 0
 
 
+class FolderConfig(Section):
+    """``data.name: folder``: a folder of image files (class sub-folders → labels)."""
+
+    path: str = "data"  # the image folder: relative to the project root, or absolute
+    resolution: Annotated[int, Field(ge=8, le=512)] = 32  # target side in pixels
+    channels: Literal[1, 3] = 3
+    labels: Literal["auto", "none"] = "auto"  # auto: class sub-folders, else unlabelled
+    resize: Literal["crop", "stretch", "pad"] = "crop"  # crop: shorter side, centre crop
+
+
 class DataConfig(Section):
     name: str = "digits"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -25,3 +35,5 @@ class DataConfig(Section):
     shard_rows: Annotated[int, Field(gt=0)] = 20_000
     allow_download: bool = False
     stacked: StackedConfig = StackedConfig()
+    folder: FolderConfig = FolderConfig()
+    on_bad_image: Literal["error", "skip"] = "error"  # folder: a file that does not decode

@@ -4,7 +4,8 @@
 
 - ``image``: ``fixed_size_binary[H*W*C]``, uint8 pixels in H×W×C (row-major) order;
 - ``label``: ``int64``, nullable (null for unlabelled images);
-- generated samples add ``seed`` (``int64``).
+- generated samples add ``seed`` (``int64``);
+- images from a folder add ``path`` (``string``): the source file, relative to the folder.
 
 Schema metadata (``dgm.*`` keys): dataset name, height, width, channels, class names (JSON),
 the raw files' checksums (JSON) and, for stacked datasets, the class names of one channel
@@ -92,18 +93,21 @@ class ImageSet:
     meta: DatasetMeta
 
 
-def schema(meta: DatasetMeta, with_seed: bool = False) -> pa.Schema:
+def schema(meta: DatasetMeta, with_seed: bool = False, with_path: bool = False) -> pa.Schema:
     fields = [
         pa.field("image", pa.binary(meta.image_bytes), nullable=False),
         pa.field("label", pa.int64(), nullable=True),
     ]
     if with_seed:
         fields.append(pa.field("seed", pa.int64(), nullable=False))
+    if with_path:
+        fields.append(pa.field("path", pa.string(), nullable=False))
     return pa.schema(fields, metadata=meta.to_metadata())
 
 
 def images_to_table(
-    images: np.ndarray, labels: np.ndarray | None, meta: DatasetMeta, seed: int | None = None
+    images: np.ndarray, labels: np.ndarray | None, meta: DatasetMeta, seed: int | None = None,
+    paths: list[str] | None = None,
 ) -> pa.Table:
     """Build a table of the layout above from uint8 (N, H, W, C) images; no per-row Python."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -121,7 +125,10 @@ def images_to_table(
     columns = [image_col, label_col]
     if seed is not None:
         columns.append(pa.array(np.full(n, seed, dtype=np.int64)))
-    return pa.Table.from_arrays(columns, schema=schema(meta, with_seed=seed is not None))
+    if paths is not None:
+        columns.append(pa.array(paths, pa.string()))
+    return pa.Table.from_arrays(columns, schema=schema(meta, with_seed=seed is not None,
+                                                       with_path=paths is not None))
 
 
 def decode_table(table: pa.Table, meta: DatasetMeta) -> ImageSet:
@@ -169,26 +176,34 @@ def write_dataset(
     meta = DatasetMeta(raw.name, height, width, channels, tuple(raw.class_names), raw.checksums,
                        tuple(raw.channel_class_names))
     images, labels = raw.train_images, raw.train_labels
+    paths = None if raw.train_paths is None else np.asarray(raw.train_paths, dtype=object)
+    test_paths = None
     if raw.test_images is None:
         keep, test = split_indices(len(images), test_fraction, seed)
         test_images, test_labels = images[test], labels[test]
         images, labels = images[keep], labels[keep]
+        if paths is not None:
+            paths, test_paths = paths[keep], paths[test]
     else:
         test_images, test_labels = raw.test_images, raw.test_labels
     keep, val = split_indices(len(images), val_fraction, seed + 1)
+    if len(keep) < 1:
+        raise DgmError(f"{raw.name}: {len(raw.train_images)} image(s) are too few for "
+                       "train, val and test splits")
     splits = {
-        "train": (images[keep], labels[keep]),
-        "val": (images[val], labels[val]),
-        "test": (test_images, test_labels),
+        "train": (images[keep], labels[keep], None if paths is None else paths[keep]),
+        "val": (images[val], labels[val], None if paths is None else paths[val]),
+        "test": (test_images, test_labels, test_paths),
     }
     with atomic_path(out) as tmp:
-        for split, (imgs, labs) in splits.items():
+        for split, (imgs, labs, names) in splits.items():
             (tmp / split).mkdir(parents=True)
             for shard, start in enumerate(range(0, len(imgs), shard_rows)):
-                table = images_to_table(imgs[start : start + shard_rows],
-                                        labs[start : start + shard_rows], meta)
+                rows = slice(start, start + shard_rows)
+                table = images_to_table(imgs[rows], labs[rows], meta,
+                                        paths=None if names is None else list(names[rows]))
                 pq.write_table(table, tmp / split / f"part-{shard:05d}.parquet")
-    return {split: len(imgs) for split, (imgs, _) in splits.items()}
+    return {split: len(imgs) for split, (imgs, _, _) in splits.items()}
 
 
 def read_meta(path: str | Path) -> DatasetMeta:

@@ -87,6 +87,7 @@ class RawDataset:
     class_names: list[str]
     checksums: dict[str, str] = field(default_factory=dict)
     channel_class_names: list[str] = field(default_factory=list)  # stacked datasets only
+    train_paths: list[str] | None = None  # image folders: each image's file, relative
 
 
 def md5sum(path: Path) -> str:

@@ -77,7 +77,8 @@ class ParquetFiles(Datasource):
 
 def read_blocks(fs, path: str, rows: int):
     """The Parquet file at ``path`` as Arrow tables of at most ``rows`` rows (a read task)."""
-    for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=rows):
+    for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=rows,
+                                                                  columns=["image", "label"]):
         yield pa.Table.from_batches([batch])
 
 

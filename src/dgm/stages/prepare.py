@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from dgm.config import Params
+from dgm.data.folder import FOLDER, FolderSpec, folder_dataset
 from dgm.data.parquet import write_dataset
 from dgm.data.sources import DIGITS_FILE, StackedSpec, digits_file, load_raw, search_dirs
 from dgm.paths import atomic_path, project_root
@@ -16,8 +17,17 @@ def run(params: Params, out: Path | None = None, root: Path | None = None) -> di
     """Raw dataset → Parquet shards under ``artifacts/data/<dataset>`` (or ``out``)."""
     lay = layout(params, root)
     cfg = params.data
-    raw = load_raw(cfg.name, search_dirs(lay.raw_dir), cfg.allow_download,
-                   stacked=StackedSpec(**cfg.stacked.model_dump()))
+    if cfg.name == FOLDER:
+        spec = FolderSpec(**cfg.folder.model_dump(exclude={"path"}),
+                          on_bad_image=cfg.on_bad_image)
+        raw, skipped = folder_dataset(lay.root / Path(cfg.folder.path).expanduser(), spec)
+        if skipped:
+            shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
+            print(f"skipped {len(skipped)} bad image(s): {shown}"
+                  + (" …" if len(skipped) > 3 else ""))
+    else:
+        raw = load_raw(cfg.name, search_dirs(lay.raw_dir), cfg.allow_download,
+                       stacked=StackedSpec(**cfg.stacked.model_dump()))
     rows = write_dataset(raw, out or lay.data_dir, val_fraction=cfg.val_fraction,
                          test_fraction=cfg.test_fraction, seed=cfg.seed,
                          shard_rows=cfg.shard_rows)
