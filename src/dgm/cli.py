@@ -53,6 +53,21 @@ def prepare(params: Path = PARAMS, dataset: str = typer.Option(None, help="Overr
 
 
 @app.command()
+def shapes(out: Path = typer.Option(..., help="Folder to create: <out>/<class>/<i>.<format>."),
+           images: int = typer.Option(2000, help="Number of images (balanced over 10 classes)."),
+           resolution: int = typer.Option(32, help="Side in pixels (16..128)."),
+           seed: int = typer.Option(0, help="Same seed, same images."),
+           image_format: str = typer.Option("png", "--format", help="png or jpg.")) -> None:
+    """Write the embedded colour 'shapes' dataset (shape x colour) as an image folder."""
+    from dgm.data.shapes import write_shapes_folder
+
+    counts = write_shapes_folder(out, images, resolution=resolution, seed=seed,
+                                 image_format=image_format)
+    print(f"wrote {sum(counts.values())} {resolution}x{resolution} images in {len(counts)} "
+          f"class folders to {out}")
+
+
+@app.command()
 def evaluator(params: Path = PARAMS) -> None:
     """Train the evaluator classifier on the real train split."""
     from dgm.stages import evaluator as stage
