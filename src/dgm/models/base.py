@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -100,12 +101,40 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(was_training)
 
 
-def require_divisible_by_4(image_shape: ImageShape) -> tuple[int, int]:
-    """The spatial size after two stride-2 stages; error if the image does not allow it."""
+MIN_BASE = 4  # halve the image while the half is at least this (and the side even)
+MIN_BLOCKS = 2
+MAX_WIDTH_FACTOR = 8  # no feature map is wider than 8 × width
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """How a convolutional network spans an image: ``blocks`` stride-2 stages between the
+    image and a ``base`` (h, w) feature map, and the width of every stage.
+
+    ``widths(w)[k]`` is the channel count at level ``k`` (0: the image side's first stage
+    … ``blocks - 1``: the base): ``w · 2^k``, capped at ``MAX_WIDTH_FACTOR · w``. Widths
+    halve as resolution doubles; digits 8×8 (base 2×2) and MNIST 28×28 (base 7×7) get two
+    blocks, 32 px three, 64 px four, 128 px five (base 4×4).
+    """
+
+    base: tuple[int, int]
+    blocks: int
+
+    def widths(self, width: int) -> list[int]:
+        return [width * min(2 ** k, MAX_WIDTH_FACTOR) for k in range(self.blocks)]
+
+
+def scale_plan(image_shape: ImageShape) -> ScalePlan:
+    """One stride-2 block per factor of 2 while the shorter side stays >= 4 px (at least two)."""
     _, height, width = image_shape
-    if height % 4 or width % 4:
+    h, w, blocks = height, width, 0
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) // 2 >= MIN_BASE:
+        h, w, blocks = h // 2, w // 2, blocks + 1
+    while blocks < MIN_BLOCKS and h % 2 == 0 and w % 2 == 0:
+        h, w, blocks = h // 2, w // 2, blocks + 1
+    if blocks < MIN_BLOCKS:
         raise DgmError(f"image size {height}x{width} must be divisible by 4 for these models")
-    return height // 4, width // 4
+    return ScalePlan((h, w), blocks)
 
 
 class GenerativeModel(nn.Module):

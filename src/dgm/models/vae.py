@@ -27,7 +27,7 @@ from dgm.models.base import (
     bernoulli,
     eval_mode,
     one_hot,
-    require_divisible_by_4,
+    scale_plan,
     unwrap,
 )
 
@@ -87,18 +87,20 @@ class VAENet(nn.Module):
             self.decoder = nn.Sequential(nn.Linear(cfg.hidden[0], pixels),
                                          nn.Unflatten(1, tuple(image_shape)))
         else:
-            base = require_divisible_by_4(image_shape)
-            w = cfg.width
-            feature_dim = 2 * w * base[0] * base[1]
+            plan = scale_plan(image_shape)  # one stride-2 stage per factor of 2
+            widths = plan.widths(cfg.width)
+            feature_dim = widths[-1] * plan.base[0] * plan.base[1]
+            down: list[nn.Module] = []
+            for cin, cout in zip([channels, *widths[:-1]], widths, strict=True):
+                down += [nn.Conv2d(cin, cout, 4, 2, 1), nn.ReLU(True)]
             self.features = nn.Sequential(
-                nn.Conv2d(channels, w, 4, 2, 1), nn.ReLU(True),
-                nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(True),
-                nn.Flatten(), nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity(),
-            )
+                *down, nn.Flatten(), nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity())
             self.project = nn.Sequential(nn.Linear(latent + cond, feature_dim), nn.ReLU(True),
-                                         nn.Unflatten(1, (2 * w, *base)))
-            self.decoder = nn.Sequential(nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(True),
-                                         nn.ConvTranspose2d(w, channels, 4, 2, 1))
+                                         nn.Unflatten(1, (widths[-1], *plan.base)))
+            up: list[nn.Module] = []
+            for k in range(len(widths) - 1, 0, -1):
+                up += [nn.ConvTranspose2d(widths[k], widths[k - 1], 4, 2, 1), nn.ReLU(True)]
+            self.decoder = nn.Sequential(*up, nn.ConvTranspose2d(widths[0], channels, 4, 2, 1))
         self.posterior = nn.Linear(feature_dim + cond, 2 * latent)
         # the Gaussian likelihood's log standard deviation, one per channel
         self.log_scale = nn.Parameter(torch.full((channels, 1, 1), math.log(0.1)),
