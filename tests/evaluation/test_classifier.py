@@ -12,12 +12,15 @@ from dgm.evaluation.classifier import (
     FEATURE_DIM,
     FORMAT,
     Classifier,
+    FeatureAutoencoder,
     StackedClassifier,
     accuracy,
     extract,
     load_classifier,
+    reconstruction_error,
     save_classifier,
     split_stacked,
+    train_autoencoder,
     train_classifier,
 )
 
@@ -88,6 +91,39 @@ def test_save_load_round_trip(tmp_path):
     x = images(9, (3, 12, 8))
     for a, b in zip(extract(model, x), extract(loaded, x), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_autoencoder_round_trip_features_without_probabilities(tmp_path):
+    torch.manual_seed(0)
+    model = FeatureAutoencoder((3, 16, 12)).eval()
+    x = images(5, (3, 16, 12))
+    assert model(x).shape == x.shape and 0 <= model(x).min() and model(x).max() <= 1
+    path = save_classifier(model, tmp_path / "classifier.pt", version="folder-1")
+    assert torch.load(path, weights_only=True)["kind"] == "autoencoder"
+    loaded = load_classifier(path)
+    assert isinstance(loaded, FeatureAutoencoder) and loaded.version == "folder-1"
+    features, probs = extract(loaded, x)
+    assert probs is None and features.shape == (5, FEATURE_DIM)
+    np.testing.assert_array_equal(features, extract(model, x)[0])
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "kind": "gan"}, path)
+    with pytest.raises(DgmError, match="is not a dgm evaluator"):
+        load_classifier(path)
+
+
+def test_autoencoder_training_lowers_the_reconstruction_error(digits_splits):
+    train, val = digits_splits["train"], digits_splits["val"]
+    budget = {"epochs": 12, "batch_size": 64, "lr": 1e-2, "weight_decay": 0.0, "patience": 12,
+              "seed": 0, "log": None}
+    model, report = train_autoencoder(train, val, (1, 8, 8), **budget)
+    error = reconstruction_error(model, val)
+    assert error == pytest.approx(-report.val_accuracy)
+    # the code carries the image: well below predicting the mean digit for every image
+    mean_image = ((val.tensors[0] - train.tensors[0].mean(0)) ** 2).mean().item()
+    assert error < 0.4 * mean_image
+    again, _ = train_autoencoder(train, val, (1, 8, 8), **budget)
+    np.testing.assert_array_equal(extract(model, val.tensors[0])[0],
+                                  extract(again, val.tensors[0])[0])
 
 
 def test_load_missing_file(tmp_path):

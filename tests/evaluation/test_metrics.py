@@ -15,6 +15,7 @@ from scipy import linalg
 
 from dgm.errors import DgmError
 from dgm.evaluation.metrics import (
+    CLASS_METRICS,
     DIRECTIONS,
     METRICS,
     FeatureSet,
@@ -35,6 +36,7 @@ from dgm.evaluation.metrics import (
     mode_kl,
     modes_covered,
     nearest_distances,
+    not_applicable,
     pairwise_distances,
     polynomial_mmd2,
     prdc,
@@ -393,10 +395,16 @@ def test_inception_score_in_between():
     assert inception_score_from_probs(one_hot([0, 1, 0, 1], 4)) == pytest.approx(2.0)
 
 
-def test_inception_score_metric_needs_probs():
-    fs = FeatureSet(np.zeros((4, 2)))
-    with pytest.raises(DgmError, match="class probabilities"):
-        compute(["inception_score"], fs, fs)
+def test_class_metrics_are_not_applicable_without_probs():
+    rng = np.random.default_rng(0)
+    fs = FeatureSet(rng.normal(size=(40, 2)))
+    names = [n for n in METRICS if n != "memorization"]  # it needs held-out distances
+    assert set(compute(names, fs, fs, MetricOptions(kid_subset_size=10, kid_subsets=2))) == {
+        "fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "swd"}
+    assert compute(["inception_score", "class_kl"], fs, fs) == {}
+    assert not_applicable(None, fs, fs) == [
+        "class_entropy", "class_kl", "mode_kl", "modes_covered", "inception_score"]
+    assert sorted(CLASS_METRICS) == sorted(not_applicable(None, fs, fs))
     gen = FeatureSet(np.zeros((6, 2)), probs=one_hot(np.arange(6) % 3, 3))
     assert compute(["inception_score"], fs, gen) == {
         "inception_score": pytest.approx(3.0, rel=1e-9)}
@@ -458,8 +466,7 @@ def test_class_metrics_need_probs_or_histogram():
     fs = FeatureSet(np.zeros((4, 2)))
     with pytest.raises(DgmError, match="class probabilities"):
         _ = fs.class_histogram
-    with pytest.raises(DgmError):
-        compute(["modes_covered"], fs, fs)
+    assert compute(["modes_covered"], fs, fs) == {}  # not applicable, never a zero
 
 
 def test_one_class_generated_set():

@@ -1,8 +1,16 @@
-"""A small CNN trained on the real train split; its penultimate layer is the feature space."""
+"""The evaluator's feature networks, trained on the real train split.
+
+Labelled data: a small CNN classifier; its penultimate layer is the feature space and its
+posterior gives the class metrics. Unlabelled data: a convolutional autoencoder with the
+same encoder (:class:`FeatureAutoencoder`); its 128-d code is the feature space and there
+are no class posteriors (class metrics do not apply).
+"""
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,26 +27,36 @@ FORMAT = "dgm-evaluator/1"
 FEATURE_DIM = 128
 
 
+TOP_CHANNELS = 64
+
+
+def conv_body(image_shape: tuple[int, int, int]) -> tuple[nn.Sequential, int]:
+    """conv-conv-pool ×2 (16, 32 | 32, 64 channels), flattened; and its output size."""
+    channels, height, width = image_shape
+    if height % 4 or width % 4:
+        raise DgmError(f"evaluator needs image sides divisible by 4, got {height}x{width}")
+    body = nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True),
+        nn.Conv2d(32, TOP_CHANNELS, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return body, TOP_CHANNELS * (height // 4) * (width // 4)
+
+
 class Classifier(nn.Module):
     """conv-conv-pool ×2 → 128-d features → class logits; any H, W divisible by 4."""
 
+    kind = "classifier"
+
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, dropout: float = 0.3):
         super().__init__()
-        channels, height, width = image_shape
-        if height % 4 or width % 4:
-            raise DgmError(f"evaluator needs image sides divisible by 4, got {height}x{width}")
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.version = ""  # set when trained or loaded: names the training (params + data)
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(True),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(True),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.embed = nn.Sequential(
-            nn.Linear(64 * (height // 4) * (width // 4), FEATURE_DIM), nn.ReLU(True))
+        self.conv, flat = conv_body(self.image_shape)
+        self.embed = nn.Sequential(nn.Linear(flat, FEATURE_DIM), nn.ReLU(True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURE_DIM, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +111,46 @@ def split_stacked(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     return images.reshape(n * channels, 1, *images.shape[2:]), digits.reshape(-1)
 
 
+class FeatureAutoencoder(nn.Module):
+    """The label-free evaluator: the classifier's convolutional encoder → a 128-d code →
+    a mirrored decoder (transposed convolutions, sigmoid pixels), trained to reconstruct.
+
+    ``features`` is the code; there are no classes (``num_classes`` 0, no posteriors).
+    """
+
+    kind = "autoencoder"
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 0):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.num_classes = 0
+        self.version = ""
+        channels, height, width = self.image_shape
+        self.conv, flat = conv_body(self.image_shape)
+        self.embed = nn.Sequential(nn.Linear(flat, FEATURE_DIM))
+        self.decoder = nn.Sequential(
+            nn.Linear(FEATURE_DIM, flat), nn.ReLU(True),
+            nn.Unflatten(1, (TOP_CHANNELS, height // 4, width // 4)),
+            nn.ConvTranspose2d(TOP_CHANNELS, 32, 4, 2, 1), nn.ReLU(True),
+            nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.ReLU(True),
+            nn.Conv2d(16, channels, 3, padding=1), nn.Sigmoid())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d code."""
+        return self.embed[0](self.conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``x`` (pixels in [0, 1])."""
+        return self.decoder(self.features(x))
+
+    def features_and_probs(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.features(x), None
+
+
 @dataclass
 class FitReport:
+    """The best epoch's validation score (higher is better: accuracy, or −MSE)."""
+
     best_epoch: int
     val_accuracy: float
     epochs_run: int
@@ -109,20 +165,21 @@ def accuracy(model: Classifier, data: TensorDataset, batch_size: int = 1000) -> 
     return correct / max(1, len(data))
 
 
-def train_classifier(
-    train: TensorDataset, val: TensorDataset, image_shape, num_classes: int, *,
+def fit_network(
+    model: nn.Module, train: TensorDataset, val_score: Callable[[nn.Module], float],
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], *, what: str,
     epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
     max_steps: int | None = None, log=print,
-) -> tuple[Classifier, FitReport]:
-    """AdamW with a one-cycle learning rate and early stopping on validation accuracy.
+) -> tuple[nn.Module, FitReport]:
+    """AdamW with a one-cycle learning rate and early stopping on ``val_score`` (higher is
+    better) — the evaluator's training, whatever its network and loss.
 
     Trains for ``epochs`` or ``max_steps`` steps, whichever is shorter (the schedule spans
     that length), stopping early after ``patience`` epochs without improvement; returns
-    the best model seen.
+    the best model seen, in eval mode.
     """
-    torch.manual_seed(seed)
     # channels-last convolutions: ~1.3x faster CPU steps (same model, same batches)
-    model = Classifier(image_shape, num_classes).to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     total_steps = epochs * len(loader)
@@ -131,11 +188,11 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
                                                 pct_start=0.15)
-    best, best_acc, best_epoch, since_best, epoch, step = None, -1.0, 0, 0, 0, 0
+    best, best_score, best_epoch, since_best, epoch, step = None, -math.inf, 0, 0, 0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         for x, y in loader:
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            loss = loss_fn(model, x.contiguous(memory_format=torch.channels_last), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,13 +200,13 @@ def train_classifier(
             step += 1
             if step >= total_steps:
                 break
-        val_acc = accuracy(model, val)
+        score = val_score(model)
         if log:
             log(f"evaluator epoch {epoch}/{epochs} step {step} loss={loss.item():.4f} "
-                f"val_acc={val_acc:.4f}")
-        if val_acc > best_acc:
-            best, best_acc, best_epoch, since_best = copy.deepcopy(model.state_dict()), val_acc, \
-                epoch, 0
+                f"{what}={abs(score):.4f}")
+        if score > best_score:
+            best, best_score, best_epoch, since_best = copy.deepcopy(model.state_dict()), \
+                score, epoch, 0
         else:
             since_best += 1
             if since_best >= patience:
@@ -159,16 +216,63 @@ def train_classifier(
     model.load_state_dict(best)
     # back to the default layout: the features then match a loaded copy's to the bit
     model.to(memory_format=torch.contiguous_format).eval()
-    return model, FitReport(best_epoch=best_epoch, val_accuracy=best_acc, epochs_run=epoch)
+    return model, FitReport(best_epoch=best_epoch, val_accuracy=best_score, epochs_run=epoch)
 
 
-def save_classifier(model: Classifier | StackedClassifier, path: str | Path,
-                    version: str) -> Path:
-    """Save the state dict with its shape and version (loadable with ``weights_only=True``)."""
+def train_classifier(
+    train: TensorDataset, val: TensorDataset, image_shape, num_classes: int, *,
+    epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
+    max_steps: int | None = None, log=print,
+) -> tuple[Classifier, FitReport]:
+    """Cross-entropy training by :func:`fit_network`, early-stopped on validation accuracy."""
+    torch.manual_seed(seed)
+    return fit_network(
+        Classifier(image_shape, num_classes), train, lambda m: accuracy(m, val),
+        lambda m, x, y: F.cross_entropy(m(x), y), what="val_acc", epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+        max_steps=max_steps, log=log)
+
+
+@torch.no_grad()
+def reconstruction_error(model: FeatureAutoencoder, data: TensorDataset,
+                         batch_size: int = 1000) -> float:
+    """Mean squared error per pixel of the reconstructions of ``data``'s images."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, _ in DataLoader(data, batch_size=batch_size):
+        total += F.mse_loss(model(x), x, reduction="sum").item()
+        count += x.numel()
+    return total / max(1, count)
+
+
+def train_autoencoder(
+    train: TensorDataset, val: TensorDataset, image_shape, *, epochs: int, batch_size: int,
+    lr: float, weight_decay: float, patience: int, seed: int, max_steps: int | None = None,
+    log=print,
+) -> tuple[FeatureAutoencoder, FitReport]:
+    """Reconstruction (MSE) training by :func:`fit_network`, early-stopped on validation
+    MSE (the report's score is −MSE); labels are not used."""
+    torch.manual_seed(seed)
+    return fit_network(
+        FeatureAutoencoder(image_shape), train, lambda m: -reconstruction_error(m, val),
+        lambda m, x, y: F.mse_loss(m(x), x), what="val_mse", epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+        max_steps=max_steps, log=log)
+
+
+FeatureNetwork = Classifier | StackedClassifier | FeatureAutoencoder
+KINDS: dict[str, type[Classifier] | type[FeatureAutoencoder]] = {
+    "classifier": Classifier, "autoencoder": FeatureAutoencoder}
+
+
+def save_classifier(model: FeatureNetwork, path: str | Path, version: str) -> Path:
+    """Save the state dict with its kind, shape and version (loadable with
+    ``weights_only=True``)."""
     stacked = isinstance(model, StackedClassifier)
     base = model.base if stacked else model
     payload = {
-        "format": FORMAT, "version": version, "image_shape": list(base.image_shape),
+        "format": FORMAT, "kind": base.kind, "version": version,
+        "image_shape": list(base.image_shape),
         "num_classes": base.num_classes, "state_dict": base.state_dict(),
         "stacked_channels": model.channels if stacked else 0,
     }
@@ -177,7 +281,7 @@ def save_classifier(model: Classifier | StackedClassifier, path: str | Path,
     return Path(path)
 
 
-def load_classifier(path: str | Path) -> Classifier | StackedClassifier:
+def load_classifier(path: str | Path) -> FeatureNetwork:
     """Load a saved evaluator in eval mode; its ``version`` attribute names the training."""
     path = Path(path)
     if not path.is_file():
@@ -186,9 +290,11 @@ def load_classifier(path: str | Path) -> Classifier | StackedClassifier:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         raise DgmError(f"{path} is not a dgm evaluator (not a readable torch file)") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if (not isinstance(payload, dict) or payload.get("format") != FORMAT
+            or payload.get("kind", "classifier") not in KINDS):
         raise DgmError(f"{path} is not a dgm evaluator")
-    model = Classifier(tuple(payload["image_shape"]), payload["num_classes"])
+    model = KINDS[payload.get("kind", "classifier")](tuple(payload["image_shape"]),
+                                                     payload["num_classes"])
     model.load_state_dict(payload["state_dict"])
     if payload.get("stacked_channels"):
         model = StackedClassifier(model, int(payload["stacked_channels"]))
@@ -197,15 +303,18 @@ def load_classifier(path: str | Path) -> Classifier | StackedClassifier:
 
 
 @torch.no_grad()
-def extract(model: Classifier | StackedClassifier, images: torch.Tensor, batch_size: int = 1000):
-    """Features (N, D) and class probabilities (N, K) as float64 NumPy arrays."""
+def extract(model: FeatureNetwork, images: torch.Tensor, batch_size: int = 1000):
+    """Features (N, D) and class probabilities (N, K) as float64 NumPy arrays; the
+    probabilities are None for a network without classes (the autoencoder)."""
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
         f, p = model.features_and_probs(images[start : start + batch_size])
         feats.append(f)
         probs.append(p)
+    has_classes = model.num_classes > 0
     if not feats:
         dim = FEATURE_DIM * getattr(model, "channels", 1)
-        return np.empty((0, dim)), np.empty((0, model.num_classes))
-    return torch.cat(feats).double().numpy(), torch.cat(probs).double().numpy()
+        return np.empty((0, dim)), np.empty((0, model.num_classes)) if has_classes else None
+    return (torch.cat(feats).double().numpy(),
+            torch.cat(probs).double().numpy() if has_classes else None)

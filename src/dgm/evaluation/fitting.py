@@ -1,5 +1,6 @@
-"""Fitting the evaluator: the domain classifier trained on the real train split, its
-reference features and the metric floors (the real test split scored against train)."""
+"""Fitting the evaluator: the domain classifier (or, for unlabelled data, the feature
+autoencoder) trained on the real train split, its reference features and the metric floors
+(the real test split scored against train)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from dgm.data.loading import to_dataset
 from dgm.evaluation.classifier import (
     StackedClassifier,
     accuracy,
+    reconstruction_error,
     split_stacked,
+    train_autoencoder,
     train_classifier,
 )
 from dgm.evaluation.config import EvaluateConfig, EvaluatorConfig
@@ -24,8 +27,8 @@ from dgm.evaluation.scoring import Evaluator
 
 @dataclass
 class FittedEvaluator:
-    """A trained classifier, the reference it scores against, and its metrics (test
-    accuracy, ``floor_<metric>`` …)."""
+    """A trained feature network, the reference it scores against, and its metrics (test
+    accuracy or reconstruction MSE, ``floor_<metric>`` …)."""
 
     model: Any
     reference: Any
@@ -45,30 +48,42 @@ def fit_evaluator(splits: dict, cfg: EvaluatorConfig, evaluate: EvaluateConfig,
                   version: str) -> FittedEvaluator:
     """Train on ``splits["train"]`` (early-stopped on val), score test, build the reference
     from train and the floors from test. A stacked dataset gets one classifier for every
-    channel, trained on the channels' digits."""
+    channel, trained on the channels' digits; an unlabelled one (no class names) gets the
+    label-free autoencoder."""
     meta = splits["train"].meta
     tensors = {s: to_dataset(d) for s, d in splits.items()}
-    shape, num_classes = meta.shape_chw, max(len(meta.class_names), 1)
-    fit = tensors
-    if meta.stacked:
-        num_classes = len(meta.channel_class_names)
-        shape = (1, *shape[1:])
-        fit = {s: TensorDataset(*split_stacked(*d.tensors, num_classes))
-               for s, d in tensors.items()}
-    model, report = train_classifier(
-        fit["train"], fit["val"], shape, num_classes, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        patience=cfg.patience, seed=cfg.seed, max_steps=cfg.max_steps,
-    )
-    metrics = {"test_accuracy": accuracy(model, fit["test"]),
-               "val_accuracy": report.val_accuracy,
-               "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}
-    if meta.stacked:
-        model = StackedClassifier(model, meta.channels)
-        metrics["test_mode_accuracy"] = accuracy(model, tensors["test"])
+    budget = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+              "weight_decay": cfg.weight_decay, "patience": cfg.patience, "seed": cfg.seed,
+              "max_steps": cfg.max_steps}
+    if not meta.class_names:
+        model, report = train_autoencoder(tensors["train"], tensors["val"], meta.shape_chw,
+                                          **budget)
+        metrics = {"test_reconstruction_mse": reconstruction_error(model, tensors["test"]),
+                   "val_reconstruction_mse": -report.val_accuracy,
+                   "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}
+    else:
+        model, metrics = _fit_classifier(meta, tensors, budget)
     model.version = version
     reference, info, holdout = reference_and_holdout(model, splits["train"], splits["test"])
     floors = Evaluator.from_reference(model, reference, info).score_features(
         holdout, evaluate.metrics, evaluate.metric_options).metrics
     metrics.update({f"floor_{k}": v for k, v in floors.items()})
     return FittedEvaluator(model, reference, info, metrics)
+
+
+def _fit_classifier(meta, tensors: dict, budget: dict) -> tuple[Any, dict[str, Any]]:
+    shape, num_classes = meta.shape_chw, len(meta.class_names)
+    fit = tensors
+    if meta.stacked:
+        num_classes = len(meta.channel_class_names)
+        shape = (1, *shape[1:])
+        fit = {s: TensorDataset(*split_stacked(*d.tensors, num_classes))
+               for s, d in tensors.items()}
+    model, report = train_classifier(fit["train"], fit["val"], shape, num_classes, **budget)
+    metrics = {"test_accuracy": accuracy(model, fit["test"]),
+               "val_accuracy": report.val_accuracy,
+               "best_epoch": report.best_epoch, "epochs_run": report.epochs_run}
+    if meta.stacked:
+        model = StackedClassifier(model, meta.channels)
+        metrics["test_mode_accuracy"] = accuracy(model, tensors["test"])
+    return model, metrics

@@ -72,18 +72,23 @@ class Reference(FeatureSet):
 MetricValue = float | dict[str, float]
 MetricFn = Callable[[FeatureSet, FeatureSet, MetricOptions], MetricValue]
 METRICS: dict[str, MetricFn] = {}
+# metrics of the evaluator's class posteriors: not applicable to unlabelled data
+CLASS_METRICS: set[str] = set()
 # name → whether lower is better: every registered metric, and the keys other evaluators
 # report (``nll_nats``: see :func:`register_direction`).
 DIRECTIONS: dict[str, bool] = {}
 
 
-def register_metric(*names: str, lower_is_better: bool) -> Callable[[MetricFn], MetricFn]:
+def register_metric(*names: str, lower_is_better: bool,
+                    needs_classes: bool = False) -> Callable[[MetricFn], MetricFn]:
     """Register ``fn(real, generated, options)`` under the metric name(s) it reports, with
-    their direction."""
+    their direction; ``needs_classes``: it reads class posteriors (n/a without labels)."""
 
     def decorate(fn: MetricFn) -> MetricFn:
         for name in names:
             METRICS[name] = fn
+            if needs_classes:
+                CLASS_METRICS.add(name)
         register_direction(*names, lower_is_better=lower_is_better)
         return fn
 
@@ -258,32 +263,32 @@ def precision_recall_density_coverage(real: FeatureSet, gen: FeatureSet,
                 _subsample(gen.features, n, options.seed + 1), options.k)
 
 
-@register_metric("class_entropy", lower_is_better=False)
+@register_metric("class_entropy", lower_is_better=False, needs_classes=True)
 def class_entropy(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Entropy (nats) of the generated class histogram; log K when all classes are even."""
     return entropy(gen.class_histogram)
 
 
-@register_metric("class_kl", lower_is_better=True)
+@register_metric("class_kl", lower_is_better=True, needs_classes=True)
 def class_kl(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """KL(generated ‖ real) of the class histograms (mode collapse makes it grow)."""
     return kl_divergence(gen.class_histogram, real.class_histogram)
 
 
-@register_metric("mode_kl", lower_is_better=True)
+@register_metric("mode_kl", lower_is_better=True, needs_classes=True)
 def mode_kl(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """KL(generated ‖ uniform) of the class (mode) histogram; 0 when every mode is even."""
     hist = gen.class_histogram
     return kl_divergence(hist, np.full(len(hist), 1.0 / len(hist)))
 
 
-@register_metric("modes_covered", lower_is_better=False)
+@register_metric("modes_covered", lower_is_better=False, needs_classes=True)
 def modes_covered(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """Number of classes (modes) that at least one generated image is assigned to."""
     return float((gen.class_histogram > 0).sum())
 
 
-@register_metric("inception_score", lower_is_better=False)
+@register_metric("inception_score", lower_is_better=False, needs_classes=True)
 def inception_score(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> float:
     """The Inception Score formula with the evaluator's class posterior (1 … K)."""
     return inception_score_from_probs(_require(gen.probs, "class probabilities"))
@@ -314,14 +319,31 @@ def memorization(real: FeatureSet, gen: FeatureSet, options: MetricOptions) -> f
     return float((nearest_distances(gen.features, real.features) < cutoff).mean())
 
 
+def has_classes(features: FeatureSet) -> bool:
+    """Whether the evaluator gave these images class posteriors (or a class histogram)."""
+    return features.probs is not None or (features.histogram is not None
+                                          and len(features.histogram) > 0)
+
+
+def not_applicable(names: list[str] | None, real: FeatureSet, gen: FeatureSet) -> list[str]:
+    """The named metrics (default: all) that need classes the evaluator did not give the
+    generated images (a label-free evaluator)."""
+    if has_classes(gen):
+        return []
+    return [n for n in (list(METRICS) if names is None else names) if n in CLASS_METRICS]
+
+
 def compute(names: list[str] | None, real: FeatureSet, gen: FeatureSet,
             options: MetricOptions | None = None) -> dict[str, float]:
-    """The named metrics (all registered ones by default) as one flat dict."""
+    """The named metrics (all registered ones by default) as one flat dict; class metrics
+    are left out when the evaluator has no classes (:func:`not_applicable`)."""
     options = options or MetricOptions()
     names = list(METRICS) if names is None else list(names)
     unknown = sorted(set(names) - set(METRICS))
     if unknown:
         raise DgmError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRICS)})")
+    skipped = set(not_applicable(names, real, gen))
+    names = [n for n in names if n not in skipped]
     out: dict[str, float] = {}
     done: set[int] = set()
     for name in names:

@@ -29,12 +29,13 @@ CHUNK = 5000
 
 def features_and_labels(classifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Evaluator features (float32) and argmax classes of uint8 (N, H, W, C) images, chunked
-    so that stacked datasets' K^C posteriors never exist for the whole set at once."""
+    so that stacked datasets' K^C posteriors never exist for the whole set at once (no
+    classes: an empty label array)."""
     feats, labels = [], []
     for start in range(0, len(images), CHUNK):
         f, p = extract(classifier, to_float_tensor(images[start : start + CHUNK]))
         feats.append(f.astype(np.float32))
-        labels.append(p.argmax(1))
+        labels.append(np.empty(0, np.int64) if p is None else p.argmax(1))
     if not feats:
         return np.empty((0, 0), np.float32), np.empty(0, np.int64)
     return np.concatenate(feats), np.concatenate(labels)

@@ -10,7 +10,14 @@ import numpy as np
 from dgm.data.parquet import DatasetMeta, read_images
 from dgm.errors import DgmError
 from dgm.evaluation.classifier import load_classifier
-from dgm.evaluation.metrics import FeatureSet, MetricOptions, Reference, compute
+from dgm.evaluation.metrics import (
+    FeatureSet,
+    MetricOptions,
+    Reference,
+    compute,
+    has_classes,
+    not_applicable,
+)
 from dgm.evaluation.reference import (
     REFERENCE_FILE,
     build_reference,
@@ -27,9 +34,10 @@ class ScoreResult:
     real_histogram: np.ndarray
     generated_histogram: np.ndarray
     class_names: tuple[str, ...] = field(default_factory=tuple)
+    not_applicable: tuple[str, ...] = ()  # class metrics of an evaluator without classes
 
     def save_histogram(self, path: str | Path) -> Path:
-        """Bar chart of generated vs real class shares (PNG)."""
+        """Bar chart of generated vs real class shares (PNG); without classes, a note."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -38,7 +46,11 @@ class ScoreResult:
         k = len(self.real_histogram)
         x = np.arange(k)
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        if k <= 30:
+        if k == 0:
+            ax.axis("off")
+            ax.text(0.5, 0.5, "unlabelled data: no classes to count\n(class metrics n/a)",
+                    ha="center", va="center")
+        elif k <= 30:
             ax.bar(x - 0.2, self.real_histogram, 0.4, label="real")
             ax.bar(x + 0.2, self.generated_histogram, 0.4, label="generated")
             ax.set_xticks(x, self.class_names or [str(i) for i in x], rotation=45)
@@ -46,8 +58,9 @@ class ScoreResult:
             ax.plot(x, self.real_histogram, lw=0.8, label="real")
             ax.plot(x, self.generated_histogram, lw=0.8, label="generated")
             ax.set_xlabel(f"mode (of {k})")
-        ax.set_ylabel("share")
-        ax.legend()
+        if k:
+            ax.set_ylabel("share")
+            ax.legend()
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
@@ -187,6 +200,9 @@ class Evaluator:
         """Share of ``images`` the classifier assigns to the requested ``labels`` (how well
         a conditional model obeys its class input)."""
         probs = self.featurize(check_images(images, self.meta, "samples")).probs
+        if probs is None:
+            raise DgmError("label accuracy needs class labels: this evaluator was trained on "
+                           "unlabelled data")
         return float(np.mean(probs.argmax(1) == np.asarray(labels)))
 
     def score(self, images: np.ndarray, metrics: list[str] | None = None,
@@ -199,8 +215,11 @@ class Evaluator:
                        options: MetricOptions | None = None) -> ScoreResult:
         """Metrics of already featurized images (:meth:`featurize`)."""
         values = compute(metrics, self.reference, gen, options)
-        return ScoreResult(values, self.reference.class_histogram, gen.class_histogram,
-                           self.meta.class_names)
+        skipped = tuple(not_applicable(metrics, self.reference, gen))
+        classes = has_classes(gen) and has_classes(self.reference)
+        generated = gen.class_histogram if classes else np.zeros(0)
+        return ScoreResult(values, self.reference.class_histogram, generated,
+                           self.meta.class_names, skipped)
 
 
 def score_images(

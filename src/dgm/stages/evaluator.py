@@ -18,7 +18,8 @@ CLASSIFIER_FILE = "classifier.pt"
 
 
 def run(params: Params, root: Path | None = None) -> dict[str, Any]:
-    """Train the evaluator on the real train split; write ``classifier.pt``, its reference
+    """Train the evaluator on the real train split (a classifier, or the label-free
+    autoencoder for unlabelled data); write ``classifier.pt``, its reference
     and ``metrics.json`` (test accuracy, the floor of each quality metric); log the run."""
     lay = layout(params, root)
     splits = {s: read_split(lay.data_dir, s) for s in SPLITS}
@@ -40,6 +41,9 @@ def run(params: Params, root: Path | None = None) -> dict[str, Any]:
     logger.log_file(out / CLASSIFIER_FILE, "evaluator")
     logger.end()
     floors = {k[len("floor_"):]: v for k, v in fitted.metrics.items() if k.startswith("floor_")}
-    print(f"evaluator test accuracy {fitted.metrics['test_accuracy']:.4f}; floors (test vs "
-          "train): " + ", ".join(f"{k}={v:.4g}" for k, v in floors.items()))
+    quality = (f"test accuracy {fitted.metrics['test_accuracy']:.4f}"
+               if "test_accuracy" in fitted.metrics else "label-free (autoencoder), test "
+               f"reconstruction MSE {fitted.metrics['test_reconstruction_mse']:.4g}")
+    print(f"evaluator {quality}; floors (test vs train): "
+          + ", ".join(f"{k}={v:.4g}" for k, v in floors.items()))
     return fitted.metrics

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dgm.config import Params
 from dgm.errors import DgmError
+from dgm.evaluation.metrics import CLASS_METRICS, METRICS
 from dgm.evaluation.report import markdown_table
 from dgm.paths import atomic_path
 from dgm.stages.layout import layout, read_json
@@ -25,6 +26,10 @@ def run(params: Params, root: Path | None = None, output: Path | None = None) ->
     floor_row = {k[len("floor_"):]: v for k, v in floors.items() if k.startswith("floor_")}
     if floor_row:
         rows["real test (floor)"] = floor_row
+    if "test_reconstruction_mse" in floors:  # the label-free evaluator: no classes
+        wanted = params.evaluate.metrics or list(METRICS)
+        for row in rows.values():
+            row.update({k: "n/a" for k in wanted if k in CLASS_METRICS})
     text = f"# {params.data.name}: evaluated models\n\n" + markdown_table(rows) + "\n"
     output = output or lay.report_file()
     with atomic_path(output) as tmp:
