@@ -3,4 +3,5 @@
 from dgm.stages.entry import run_stage
 from dgm.stages.prepare import run
 
-run_stage(run)
+if __name__ == "__main__":  # a process pool (forkserver) re-imports this script
+    run_stage(run)

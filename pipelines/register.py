@@ -5,4 +5,5 @@ import sys
 from dgm.stages.entry import run_stage
 from dgm.stages.register import run
 
-run_stage(run, sys.argv[1])
+if __name__ == "__main__":  # a process pool (forkserver) re-imports this script
+    run_stage(run, sys.argv[1])

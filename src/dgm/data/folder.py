@@ -33,6 +33,8 @@ from dgm.errors import DgmError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 ResizeMode = Literal["crop", "stretch", "pad"]
 # Below this many files the pool's start-up costs more than it saves.
+# formats whose orientation tag can only be in ``info`` (EXIF or XMP) once opened
+INFO_ORIENTED = ("JPEG", "WEBP")
 POOL_MIN_FILES = 512
 CHUNK_FILES = 256
 
@@ -66,8 +68,13 @@ def _visible(path: Path) -> bool:
 
 def files_below(folder: Path) -> list[Path]:
     """The visible files below ``folder`` (no hidden file or folder on the way), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and all(
-        _visible(part) for part in p.relative_to(folder).parents if part.name) and _visible(p))
+    found: list[str] = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(top, n) for n in names if not n.startswith(".")
+                  and os.path.isfile(os.path.join(top, n))]
+    # sorted as paths (by their parts), as pathlib orders them
+    return [Path(p) for p in sorted(found, key=lambda p: Path(p).parts)]
 
 
 def scan(root: Path, labels: Literal["auto", "none"]) -> tuple[list[Path], list[int], list[str]]:
@@ -108,7 +115,9 @@ def decode(data: bytes, spec: FolderSpec) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             mode = "L" if spec.channels == 1 else "RGB"
             img.draft(mode, (side, side))  # JPEG: decode at a reduced scale when larger
-            img = ImageOps.exif_transpose(img)
+            if img.format not in INFO_ORIENTED or any(
+                    key == "exif" or "xmp" in key.lower() for key in img.info):
+                img = ImageOps.exif_transpose(img)  # reads EXIF: ~1/3 of a small JPEG's time
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
             if img.mode in ("RGBA", "LA", "PA"):  # transparent pixels composite onto black
@@ -162,8 +171,10 @@ def load_folder(root: Path, spec: FolderSpec, workers: int | None = None) -> Fol
     chunks = [names[i : i + CHUNK_FILES] for i in range(0, len(names), CHUNK_FILES)]
     workers = workers or worker_count()
     if workers > 1 and len(names) >= POOL_MIN_FILES:
-        # forkserver: the driver may hold threads (torch) that a forked child would inherit
+        # forkserver: the driver holds threads (BLAS, torch) that a forked child would
+        # inherit; its children import the main module, so scripts need a __main__ guard
         context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
         with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
             results = list(pool.map(_decode_files, chunks, [spec] * len(chunks)))
     else:
@@ -172,7 +183,8 @@ def load_folder(root: Path, spec: FolderSpec, workers: int | None = None) -> Fol
     digests = [d for r in results for d in r[1]]
     bad = [(start + i, reason) for start, r in zip(range(0, len(names), CHUNK_FILES), results,
                                                    strict=True) for i, reason in r[2]]
-    rel = [p.relative_to(root).as_posix() for p in files]
+    prefix = len(str(root).rstrip(os.sep)) + 1
+    rel = [name[prefix:].replace(os.sep, "/") for name in names]
     if bad and spec.on_bad_image == "error":
         index, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -193,8 +205,8 @@ def load_folder(root: Path, spec: FolderSpec, workers: int | None = None) -> Fol
     for path, digest in sorted(zip(kept_paths, (d for d, k in zip(digests, keep, strict=True)
                                                 if k), strict=True)):
         content.update(f"{path}\0{digest}\n".encode())
-    return FolderImages(images=images[keep], labels=labels, paths=kept_paths,
-                        class_names=class_names, digest=content.hexdigest(),
+    return FolderImages(images=images if keep.all() else images[keep], labels=labels,
+                        paths=kept_paths, class_names=class_names, digest=content.hexdigest(),
                         skipped=[(rel[i], reason) for i, reason in bad])
 
 
