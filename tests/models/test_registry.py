@@ -11,7 +11,13 @@ import torch
 from dgm.errors import DgmError
 from dgm.models.gan import DCGAN, GANConfig
 from dgm.models.rbm import RBM, RBMConfig
-from dgm.models.registry import FAMILIES, MODEL_CONFIGS, build_model, config_from_dict
+from dgm.models.registry import (
+    FAMILIES,
+    MODEL_CONFIGS,
+    build_model,
+    check_classes,
+    config_from_dict,
+)
 from dgm.models.vae import VAE, VAEConfig
 
 CONFIGS = {
@@ -152,3 +158,13 @@ def test_setup_wraps_every_network_and_weights_unwrap():
     # Saved weights carry no wrapper prefix.
     assert not any(k.startswith("module.") for k in model.weights()["D"])
     assert model.sample(2, torch.Generator().manual_seed(0)).shape == (2, 1, 8, 8)
+
+
+def test_conditional_models_need_the_datasets_classes():
+    conditional = GANConfig(conditional=True, num_classes=10)
+    check_classes(conditional, 10, "digits", "cgan")
+    check_classes(GANConfig(), 0, "folder", "gan")  # unconditional: any data
+    with pytest.raises(DgmError, match="models.cgan is conditional but folder is unlabelled"):
+        check_classes(conditional, 0, "folder", "cgan")
+    with pytest.raises(DgmError, match="num_classes is 10 but shapes has 4 classes"):
+        check_classes(conditional, 4, "shapes", "cgan")

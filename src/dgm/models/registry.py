@@ -49,6 +49,9 @@ def validation_metric(family: str) -> str:
 def check_classes(config: ModelConfigBase, num_classes: int, dataset: str,
                   model_name: str) -> None:
     """A conditional model's ``num_classes`` must be the dataset's class count."""
+    if getattr(config, "conditional", False) and not num_classes:
+        raise DgmError(f"models.{model_name} is conditional but {dataset} is unlabelled "
+                       "(set conditional: false, or give the images class sub-folders)")
     if getattr(config, "conditional", False) and config.num_classes != num_classes:
         raise DgmError(f"models.{model_name}.num_classes is {config.num_classes} but "
                        f"{dataset} has {num_classes} classes")
