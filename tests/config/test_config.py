@@ -113,9 +113,11 @@ def test_unknown_model_key_is_a_one_line_error(tmp_path):
         ("register:\n  mode: avg\n", "register.mode"),
         ("train:\n  use_gpu: maybe\n", "train.use_gpu"),
         ("evaluator:\n  lr: [1, 2]\n", "evaluator.lr"),
+        ("data:\n  folder: {resolution: 30}\n", "data.folder.resolution"),
+        ("data:\n  folder: {channels: 4}\n", "data.folder.channels"),
     ],
     ids=["not-int", "not-positive", "fraction-above-1", "not-a-literal", "not-auto-or-bool",
-         "list-for-float"],
+         "list-for-float", "side-not-a-multiple-of-4", "four-channels"],
 )
 def test_wrong_type_or_value_names_the_key(tmp_path, text, key):
     message = error_of(write(tmp_path, text))

@@ -21,7 +21,8 @@ class FolderConfig(Section):
     """``data.name: folder``: a folder of image files (class sub-folders → labels)."""
 
     path: str = "data"  # the image folder: relative to the project root, or absolute
-    resolution: Annotated[int, Field(ge=8, le=512)] = 32  # target side in pixels
+    # target side in pixels: the networks and the evaluator halve it at least twice
+    resolution: Annotated[int, Field(ge=8, le=512, multiple_of=4)] = 32
     channels: Literal[1, 3] = 3
     labels: Literal["auto", "none"] = "auto"  # auto: class sub-folders, else unlabelled
     resize: Literal["crop", "stretch", "pad"] = "crop"  # crop: shorter side, centre crop
