@@ -73,8 +73,7 @@ def files_below(folder: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [os.path.join(top, n) for n in names if not n.startswith(".")
                   and os.path.isfile(os.path.join(top, n))]
-    # sorted as paths (by their parts), as pathlib orders them
-    return [Path(p) for p in sorted(found, key=lambda p: Path(p).parts)]
+    return sorted(map(Path, found), key=lambda p: p.parts)  # as pathlib orders paths
 
 
 def scan(root: Path, labels: Literal["auto", "none"]) -> tuple[list[Path], list[int], list[str]]:

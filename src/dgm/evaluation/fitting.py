@@ -52,9 +52,7 @@ def fit_evaluator(splits: dict, cfg: EvaluatorConfig, evaluate: EvaluateConfig,
     label-free autoencoder."""
     meta = splits["train"].meta
     tensors = {s: to_dataset(d) for s, d in splits.items()}
-    budget = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-              "weight_decay": cfg.weight_decay, "patience": cfg.patience, "seed": cfg.seed,
-              "max_steps": cfg.max_steps}
+    budget = cfg.model_dump()  # epochs, max_steps, batch_size, lr, weight_decay, patience, seed
     if not meta.class_names:
         model, report = train_autoencoder(tensors["train"], tensors["val"], meta.shape_chw,
                                           **budget)
