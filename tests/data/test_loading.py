@@ -32,6 +32,23 @@ def test_to_float_tensor_of_non_contiguous_input():
     np.testing.assert_allclose(out.permute(0, 2, 3, 1).numpy(), images / 255, rtol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_to_float_tensor_has_one_layout_whatever_the_input_strides(channels):
+    """Greyscale images stacked then given a channel axis have stride 0 there; a conv's
+    rounding depends on the layout it is given, so the same pixels must give the same
+    tensor layout (and so the same features)."""
+    rng = np.random.default_rng(0)
+    plain = rng.integers(0, 256, (4, 6, 6, channels), dtype=np.uint8)
+    views = [plain, np.stack(list(plain[..., 0]))[..., None] if channels == 1
+             else np.moveaxis(np.moveaxis(plain, 3, 0).copy(), 0, 3)]
+    assert views[1].strides != plain.strides
+    conv = torch.nn.Conv2d(channels, 8, 3)
+    outs = [to_float_tensor(v) for v in views]
+    for out in outs:
+        assert out.stride() == (channels * 36, 36, 6, 1)  # contiguous NCHW
+    assert torch.equal(conv(outs[0]), conv(outs[1]))
+
+
 def test_uint8_round_trip_is_exact():
     images = np.random.default_rng(0).integers(0, 256, (16, 6, 4, 3), dtype=np.uint8)
     images[0, 0, 0, :] = [0, 255, 128]

@@ -12,8 +12,13 @@ from dgm.data.parquet import ImageSet, read_split
 
 
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], always in the same (contiguous
+    NCHW) memory layout: a convolution's rounding depends on the layout, so the same pixels
+    from a strided view (e.g. greyscale PNGs stacked) must not land in another one."""
+    n, h, w, c = images.shape
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    return out.copy_(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+                     ).div_(255)
 
 
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
