@@ -12,11 +12,12 @@ from dgm.data.parquet import ImageSet, read_split
 
 
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], always in the same (contiguous
-    NCHW) memory layout: a convolution's rounding depends on the layout, so the same pixels
-    from a strided view (e.g. greyscale PNGs stacked) must not land in another one."""
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], always channels-last in memory
+    (the NHWC pixels as they are; CPU convolutions run about 2x faster so than on NCHW).
+    One layout whatever the input's strides: a convolution's rounding depends on it, and the
+    same pixels from a strided view (greyscale PNGs stacked) must give the same features."""
     n, h, w, c = images.shape
-    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    out = torch.empty((n, c, h, w), dtype=torch.float32, memory_format=torch.channels_last)
     return out.copy_(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
                      ).div_(255)
 
