@@ -155,6 +155,27 @@ def test_bad_config(fast_dgm, workdir, yaml_text, key):
     assert_one_line_error(fast_dgm("prepare", "--params", str(bad), cwd=workdir), str(bad), key)
 
 
+def test_params_file_that_is_not_utf8(fast_dgm, workdir):
+    bad = workdir / "configs" / "latin1.yaml"
+    bad.write_bytes("data:\n  name: digits  # \u00e9t\u00e9\n".encode("latin-1"))
+    assert_one_line_error(fast_dgm("prepare", "--params", str(bad), cwd=workdir), str(bad),
+                          "not UTF-8 text")
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "pseudo-filesystem"])
+def test_output_that_cannot_be_written(fast_dgm, workdir, where):
+    """``--out`` below a regular file, or on /proc: one line naming it, nothing written, and
+    the blocking file intact."""
+    blocker = workdir / "a-file"
+    blocker.write_text("keep me")
+    out = blocker / "prepared" if where == "under-a-file" else Path("/proc/dgm-prepared")
+    result = fast_dgm("prepare", "--out", str(out), cwd=workdir)
+    assert_one_line_error(result, f"cannot write {out}",
+                          *(["a-file is not a directory"] if where == "under-a-file" else []))
+    assert blocker.read_text() == "keep me"
+    assert not out.exists() and not (workdir / "artifacts").exists()
+
+
 def test_missing_raw_file(fast_dgm, workdir):
     empty = workdir / "mirror"
     (empty / "mnist").mkdir(parents=True)
@@ -382,6 +403,13 @@ def _bad_samples(tmp_path: Path, case: str) -> Path:
         return write_npz(tmp_path / "s.npz", images)
     if case == "missing":
         return tmp_path / "nope.npz"
+    if case == "not-a-zip":
+        (tmp_path / "s.npz").write_bytes(b"this is not a zip archive")
+        return tmp_path / "s.npz"
+    if case == "truncated-zip":
+        whole = write_npz(tmp_path / "whole.npz", rng.integers(0, 256, (5, 8, 8), np.uint8))
+        (tmp_path / "s.npz").write_bytes(whole.read_bytes()[:200])
+        return tmp_path / "s.npz"
     raise AssertionError(case)
 
 
@@ -391,6 +419,8 @@ def _bad_samples(tmp_path: Path, case: str) -> Path:
     ("empty-file", "empty file"),
     ("nan", "NaN or infinite"),
     ("missing", "samples not found"),
+    ("not-a-zip", "not a readable .npz"),
+    ("truncated-zip", "not a readable .npz"),
 ])
 def test_evaluate_bad_samples(fast_dgm, project, tmp_path, case, fragment):
     samples = _bad_samples(tmp_path, case)

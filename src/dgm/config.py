@@ -124,10 +124,14 @@ def load_params(path: str | Path = "configs/params.yaml") -> Params:
     if not path.is_file():
         raise DgmError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise DgmError(f"{path}: invalid YAML: {first}") from None
+    except UnicodeDecodeError as exc:
+        raise DgmError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DgmError(f"{path}: not readable ({exc.strerror or exc})") from None
     if not isinstance(raw, dict):
         raise DgmError(f"{path}: expected a mapping at the top level")
     try:

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from dgm.errors import DgmError
+
 
 def project_root(start: Path | None = None) -> Path:
     """The nearest ancestor of ``start`` (default: cwd) holding ``dvc.yaml``, else ``start``."""
@@ -27,15 +29,23 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     replaces ``final`` in one rename, so readers never see a half-written output.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as exc:  # a parent that is a file, read-only, a pseudo-filesystem …
+        blocking = next((p for p in final.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is not a directory" if blocking else exc.strerror or str(exc)
+        raise DgmError(f"cannot write {final}: {reason}") from None
     tmp = tmp_dir / final.name
     try:
         yield tmp
         if not tmp.exists() and not tmp.is_symlink():
             raise FileNotFoundError(f"nothing was written for {final}")
-        if final.is_dir() and not final.is_symlink():
-            os.replace(final, tmp_dir / ".previous")  # then one rename puts the new one in place
-        os.replace(tmp, final)
+        try:
+            if final.is_dir() and not final.is_symlink():
+                os.replace(final, tmp_dir / ".previous")  # one rename puts the new one in place
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise DgmError(f"cannot replace {final}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def load_samples(path: str | Path, meta: DatasetMeta) -> np.ndarray:
                 if "images" not in data:
                     raise DgmError(f"{path}: no 'images' array")
                 images = data["images"]
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DgmError(f"{path}: not a readable .npz ({exc})") from None
     elif path.is_dir() and not any(path.rglob("*.parquet")):
         images = load_png_folder(path, meta)
