@@ -148,11 +148,23 @@ def test_unknown_dataset(fast_dgm, workdir):
     ("train:\n  epochs: many\n", "train.epochs"),
     ("models:\n  gan:\n    widht: 3\n", "models.gan.widht: unknown key"),
     ("bogus: 1\n", "bogus: unknown key"),
+    ("train:\n  seed: -1\n", "train.seed"),
+    ("evaluate:\n  seed: 18446744073709551616\n", "evaluate.seed"),
 ])
 def test_bad_config(fast_dgm, workdir, yaml_text, key):
     bad = workdir / "configs" / "bad.yaml"
     bad.write_text(yaml_text)
     assert_one_line_error(fast_dgm("prepare", "--params", str(bad), cwd=workdir), str(bad), key)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+@pytest.mark.parametrize("command", [
+    ("generate", "--model-uri", "models:/dgm-digits-gan@champion", "--output", "g.parquet"),
+    ("shapes", "--out", "shapes"),
+])
+def test_seed_out_of_range(fast_dgm, workdir, command, seed):
+    assert_one_line_error(fast_dgm(*command, "--seed", seed, cwd=workdir), "--seed")
+    assert not (workdir / command[-1]).exists()
 
 
 def test_params_file_that_is_not_utf8(fast_dgm, workdir):

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from dgm.errors import DgmError
+from dgm.section import MAX_SEED
 from dgm.stages.entry import fail, guarded, quiet_libraries
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -56,7 +57,7 @@ def prepare(params: Path = PARAMS, dataset: str = typer.Option(None, help="Overr
 def shapes(out: Path = typer.Option(..., help="Folder to create: <out>/<class>/<i>.<format>."),
            images: int = typer.Option(2000, help="Number of images (balanced over 10 classes)."),
            resolution: int = typer.Option(32, help="Side in pixels (16..128)."),
-           seed: int = typer.Option(0, help="Same seed, same images."),
+           seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Same seed, same images."),
            image_format: str = typer.Option("png", "--format", help="png or jpg.")) -> None:
     """Write the embedded colour 'shapes' dataset (shape x colour) as an image folder."""
     from dgm.data.shapes import write_shapes_folder
@@ -151,7 +152,8 @@ def generate(
     num_samples: int = typer.Option(10_000, help="Number of images (any number: streamed)."),
     output: Path = typer.Option(..., help="PATH.parquet: a directory of part-NNNNN.parquet "
                                 "shards (a PNG grid goes beside it as PATH.png)."),
-    seed: int = typer.Option(7, help="Same seed, same images (shard by shard)."),
+    seed: int = typer.Option(7, min=0, max=MAX_SEED,
+                             help="Same seed, same images (shard by shard)."),
     batch_size: int = typer.Option(1000, help="Images per batch (and per row group)."),
     shard_size: int = typer.Option(50_000, help="Images per shard file (the last one fewer)."),
     workers: int = typer.Option(1, help="Model copies: >1 spreads shards over Ray actors "

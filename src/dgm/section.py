@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**32 - 1  # NumPy's legacy RandomState (Optuna's samplers) takes no more
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="a random seed: 0 .. 2**32 - 1")]
 
 
 class Section(BaseModel):

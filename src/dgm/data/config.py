@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from dgm.section import Section
+from dgm.section import Section, Seed
 
 
 class StackedConfig(Section):
@@ -14,7 +14,7 @@ class StackedConfig(Section):
 
     train_size: Annotated[int, Field(gt=1)] = 60_000
     test_size: Annotated[int, Field(gt=1)] = 10_000
-    seed: int = 0
+    seed: Seed = 0
 
 
 class FolderConfig(Section):
@@ -32,7 +32,7 @@ class DataConfig(Section):
     name: str = "digits"
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2  # datasets without a test split
-    seed: int = 0
+    seed: Seed = 0
     shard_rows: Annotated[int, Field(gt=0)] = 20_000
     allow_download: bool = False
     stacked: StackedConfig = StackedConfig()

@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from dgm.evaluation.metrics import METRICS, MetricOptions
-from dgm.section import Section
+from dgm.section import Section, Seed
 
 
 class EvaluatorConfig(Section):
@@ -17,12 +17,12 @@ class EvaluatorConfig(Section):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     patience: Annotated[int, Field(gt=0)] = 5
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvaluateConfig(Section):
     num_samples: Annotated[int, Field(gt=1)] = 2000
-    seed: int = 123
+    seed: Seed = 123
     metrics: list[str] | None = None  # registered metric names; None: all of them
     metric_options: MetricOptions = MetricOptions()
     nll_importance_samples: Annotated[int, Field(gt=0)] = 64  # likelihood models only

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-from dgm.section import Section
+from dgm.section import Section, Seed
 
 
 class GenerateConfig(Section):
     num_samples: Annotated[int, Field(gt=0)] = 10_000
     batch_size: Annotated[int, Field(gt=0)] = 1000
-    seed: int = 7
+    seed: Seed = 7
     shard_size: Annotated[int, Field(gt=0)] = 50_000  # samples per part-NNNNN.parquet
     workers: Annotated[int, Field(gt=0)] = 1  # >1: Ray actors, one model copy each

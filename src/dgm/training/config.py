@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from dgm.models.base import ScheduleConfig
-from dgm.section import Section
+from dgm.section import Section, Seed
 
 
 class EarlyStopping(Section):
@@ -33,7 +33,7 @@ class TrainConfig(Section):
     num_workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
     use_gpu: Literal["auto"] | bool = "auto"
-    seed: int = 0
+    seed: Seed = 0
     sample_every: Annotated[int, Field(gt=0)] = 5
     max_failures: Annotated[int, Field(ge=0)] = 0
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2

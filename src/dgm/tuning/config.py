@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from dgm.errors import DgmError
-from dgm.section import Section
+from dgm.section import Section, Seed
 from dgm.tuning.space import Dimension
 
 
@@ -25,7 +25,7 @@ class TuneConfig(Section):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
     searcher: Literal["optuna", "random", "grid"] = "optuna"  # optuna: TPE
     scheduler: Literal["asha", "fifo"] = "asha"  # fifo: every trial runs all its epochs
-    seed: int = 0
+    seed: Seed = 0
     num_workers: Annotated[int, Field(ge=1)] = 2  # Ray Train workers per trial
     cpus_per_worker: Annotated[float, Field(gt=0)] = 0.5
     # The trial's driver (a Tune function that waits in ``TorchTrainer.fit``). CPUs held by
