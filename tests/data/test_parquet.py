@@ -216,6 +216,19 @@ def test_decode_empty_table():
     assert out.images.shape == (0, 2, 3, 1) and out.labels.shape == (0,)
 
 
+@pytest.mark.parametrize("image", [
+    pa.array([b"\x00" * 6, b"\x00" * 5], pa.binary()),  # variable length, one short
+    pa.array([b"\x00" * 6] * 2, pa.binary()),  # variable length, all the right size
+    pa.array([b"\x00" * 12] * 2, pa.binary(12)),  # bigger images: would be read as 2x3 garbage
+    pa.array([b"\x00" * 4] * 2, pa.binary(4)),
+])
+def test_decode_refuses_an_image_column_that_is_not_the_declared_size(image):
+    meta = tiny_meta()  # 2x3x1: fixed_size_binary[6]
+    table = pa.table({"image": image, "label": pa.array([0, 1], pa.int64())})
+    with pytest.raises(DgmError, match=r"image column of type .*fixed_size_binary\[6\]"):
+        decode_table(table, meta)
+
+
 # --- errors --------------------------------------------------------------------------------
 def test_read_split_unknown_split(digits_dir):
     with pytest.raises(DgmError, match="unknown split 'validation'"):

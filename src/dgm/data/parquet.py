@@ -140,8 +140,12 @@ def decode_table(table: pa.Table, meta: DatasetMeta) -> ImageSet:
     else:
         if col.null_count:
             raise DgmError(f"{meta.name}: null images in Parquet data")
-        buf = col.buffers()[1]
         width = meta.image_bytes
+        if not pa.types.is_fixed_size_binary(col.type) or col.type.byte_width != width:
+            raise DgmError(f"{meta.name}: image column of type {col.type}, but "
+                           f"{meta.height}x{meta.width}x{meta.channels} images are "
+                           f"fixed_size_binary[{width}]")
+        buf = col.buffers()[1]
         flat = np.frombuffer(buf, dtype=np.uint8, count=n * width, offset=col.offset * width)
         images = flat.reshape(n, meta.height, meta.width, meta.channels)
     labels = table.column("label").to_numpy(zero_copy_only=False)
