@@ -150,6 +150,8 @@ def test_unknown_dataset(fast_dgm, workdir):
     ("bogus: 1\n", "bogus: unknown key"),
     ("train:\n  seed: -1\n", "train.seed"),
     ("evaluate:\n  seed: 18446744073709551616\n", "evaluate.seed"),
+    ("data:\n  name: ../../outside\n", "data.name '../../outside' is not a plain name"),
+    ("models:\n  ../gan: {family: gan}\n", "models: key '../gan' is not a plain name"),
 ])
 def test_bad_config(fast_dgm, workdir, yaml_text, key):
     bad = workdir / "configs" / "bad.yaml"
@@ -165,6 +167,18 @@ def test_bad_config(fast_dgm, workdir, yaml_text, key):
 def test_seed_out_of_range(fast_dgm, workdir, command, seed):
     assert_one_line_error(fast_dgm(*command, "--seed", seed, cwd=workdir), "--seed")
     assert not (workdir / command[-1]).exists()
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/tmp/abs", ".hidden", "a/b"])
+def test_dataset_names_never_become_paths_outside_artifacts(fast_dgm, project, test_images,
+                                                            tmp_path, name):
+    samples = write_npz(tmp_path / "s.npz", test_images)
+    out = tmp_path / "m.json"
+    before = sorted(p for p in project.parent.rglob("*"))
+    result = fast_dgm("evaluate", "--dataset", name, "--samples", samples, "--output", out,
+                      cwd=project)
+    assert_one_line_error(result, f"dataset {name!r} is not a plain name")
+    assert sorted(p for p in project.parent.rglob("*")) == before and not out.exists()
 
 
 def test_params_file_that_is_not_utf8(fast_dgm, workdir):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dgm.paths import atomic_path, project_root
+from dgm.errors import DgmError
+from dgm.paths import atomic_path, plain_name, project_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,3 +125,15 @@ def test_atomic_block_creating_nothing_keeps_old_dir(tmp_path):
         with atomic_path(final):
             pass
     assert (final / "a.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion-mnist", "gan_2", "v1.2", "A" * 100])
+def test_plain_names_pass(name):
+    assert plain_name(name, "dataset") == name
+
+
+@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "/abs", ".hidden", "a\\b", "x y",
+                                  "A" * 101, "caf\u00e9", "a\x00b"])
+def test_names_that_would_be_paths_are_refused(name):
+    with pytest.raises(DgmError, match="dataset .* is not a plain name"):
+        plain_name(name, "dataset")

@@ -21,6 +21,7 @@ from dgm.errors import DgmError
 from dgm.evaluation.config import EvaluateConfig, EvaluatorConfig
 from dgm.generation.config import GenerateConfig
 from dgm.models.registry import MODEL_CONFIGS, ModelConfig
+from dgm.paths import plain_name
 from dgm.section import Section
 from dgm.storage import ClusterConfig
 from dgm.tracking.config import RegisterConfig
@@ -76,6 +77,9 @@ class Params(Section):
     def check(self) -> None:
         """Checks across sections (one :class:`DgmError` line each)."""
         known = ", ".join(sorted(self.models)) or "none"
+        plain_name(self.data.name, "data.name")
+        for name in self.models:
+            plain_name(name, "models: key")
         for name in self.tune.models:
             if name not in self.models:
                 raise DgmError(f"tune.models: unknown model {name!r} (configured: {known})")

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from dgm.errors import DgmError
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def plain_name(value: str, what: str) -> str:
+    """``value`` if it is safe as one path component (letters, digits, ``.``, ``_``, ``-``;
+    not starting with a dot, so never ``..``), else a one-line :class:`DgmError`: every name
+    a user gives that becomes a path (dataset, model, run) goes through here."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value):
+        raise DgmError(f"{what} {value!r} is not a plain name (letters, digits, '.', '_', "
+                       "'-'; at most 100, not starting with '.')")
+    return value
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 
 from dgm.config import Params
 from dgm.errors import DgmError
-from dgm.paths import atomic_path, project_root
+from dgm.paths import atomic_path, plain_name, project_root
 from dgm.storage import ClusterConfig, storage_location
 
 
@@ -19,6 +19,9 @@ class Layout:
 
     root: Path
     dataset: str
+
+    def __post_init__(self) -> None:
+        plain_name(self.dataset, "dataset")
 
     @property
     def artifacts(self) -> Path:
@@ -38,10 +41,10 @@ class Layout:
         return self.artifacts / "evaluator" / self.dataset
 
     def model_dir(self, model: str) -> Path:
-        return self.artifacts / "models" / self.dataset / model
+        return self.artifacts / "models" / self.dataset / plain_name(model, "model")
 
     def eval_dir(self, model: str) -> Path:
-        return self.artifacts / "eval" / self.dataset / model
+        return self.artifacts / "eval" / self.dataset / plain_name(model, "model")
 
     @property
     def eval_root(self) -> Path:
@@ -51,10 +54,11 @@ class Layout:
         return self.artifacts / "reports" / f"{self.dataset}.md"
 
     def registry_file(self, model: str) -> Path:
-        return self.artifacts / "registry" / self.dataset / f"{model}.json"
+        return self.artifacts / "registry" / self.dataset / f"{plain_name(model, 'model')}.json"
 
     def samples_file(self, model: str) -> Path:
-        return self.artifacts / "samples" / self.dataset / f"{model}.parquet"
+        name = plain_name(model, "model")
+        return self.artifacts / "samples" / self.dataset / f"{name}.parquet"
 
     @property
     def ray_storage(self) -> Path:
@@ -70,17 +74,18 @@ class Layout:
     def pointers(self) -> Path:
         """The driver's records of its runs and studies (what ``--resume`` continues)."""
         return self.ray_storage
+
     def tune_dir(self, model: str) -> Path:
         """The `tune` stage's outputs: best.yaml, results.parquet, curves.csv."""
-        return self.artifacts / "tune" / self.dataset / model
+        return self.artifacts / "tune" / self.dataset / plain_name(model, "model")
 
     def study_pointer(self, model: str) -> Path:
         """Which study ``dgm tune --resume`` continues (name, storage, MLflow parent run)."""
-        return self.pointers / ".tune" / f"{self.dataset}-{model}.json"
+        return self.pointers / ".tune" / f"{self.dataset}-{plain_name(model, 'model')}.json"
 
     def run_pointer(self, run_name: str) -> Path:
         """The MLflow run of Ray Train run ``run_name`` (what ``--resume`` logs to)."""
-        return self.pointers / ".mlflow" / f"{run_name}.json"
+        return self.pointers / ".mlflow" / f"{plain_name(run_name, 'run name')}.json"
 
 
 def layout(params: Params, root: Path | None = None) -> Layout:
