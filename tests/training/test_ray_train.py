@@ -93,6 +93,17 @@ def test_resume_without_an_earlier_run_is_a_user_error(ray_session, project):
         train(tiny_params(), "gan", root=project, resume=True)
 
 
+def test_resume_of_a_run_that_does_not_exist_refuses_and_keeps_the_outputs(ray_session,
+                                                                          project):
+    """``--resume --run-name X`` for an X that never ran is an error, not a fresh run over
+    the outputs of the last one."""
+    artifacts = project / "artifacts"
+    before = {p: p.read_bytes() for p in artifacts.rglob("*") if p.is_file()}
+    with pytest.raises(DgmError, match="--resume: no run digits-gan-typo under "):
+        train(tiny_params(), "gan", root=project, resume=True, run_name="digits-gan-typo")
+    assert {p: p.read_bytes() for p in artifacts.rglob("*") if p.is_file()} == before
+
+
 def test_divergence_stops_with_one_line_and_marks_the_run_failed(ray_session, project,
                                                                   tracking_uri):
     params = tiny_params(epochs=3, num_workers=1, cpus_per_worker=1)

@@ -51,6 +51,11 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     prefix = f"{params.data.name}-{model_name}-"
     storage = lay.ray_storage_of(params.cluster)
     if resume:
+        from dgm.storage import list_dirs
+
+        if run_name is not None and run_name not in {name for name, _ in list_dirs(storage)}:
+            raise DgmError(f"--resume: no run {run_name} under {storage} (a new run: "
+                           "leave out --resume)")
         run_name = run_name or latest_run_name(storage, prefix)
         if run_name is None:
             raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
