@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,65 @@ def test_plain_names_pass(name):
 def test_names_that_would_be_paths_are_refused(name):
     with pytest.raises(DgmError, match="dataset .* is not a plain name"):
         plain_name(name, "dataset")
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from dgm.paths import atomic_path
+from dgm.stages.entry import guarded
+
+def write():
+    with atomic_path(Path(sys.argv[1])) as tmp:
+        tmp.mkdir()
+        (tmp / "part-00000.parquet").write_text("half")
+        print("writing", flush=True)
+        time.sleep(60)
+
+guarded(write)
+"""
+
+
+def start_writer(out: Path) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing", child.stderr.read()
+    return child
+
+
+def leftovers(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_writer_cleans_up_and_keeps_the_previous_output(tmp_path, sig):
+    out = tmp_path / "samples.parquet"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("previous")
+    child = start_writer(out)
+    assert leftovers(out)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == (143 if sig == signal.SIGTERM else 130)
+    assert err.strip() == ("dgm: error: terminated" if sig == signal.SIGTERM
+                           else "dgm: error: interrupted")
+    assert not leftovers(out)
+    assert (out / "part-00000.parquet").read_text() == "previous"
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "samples.parquet"
+    child = start_writer(out)
+    child.kill()
+    child.wait(timeout=30)
+    stale = leftovers(out)
+    assert len(stale) == 1 and not out.exists()
+    live = start_writer(out)  # a live writer's temporary is not touched by another write
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text("done")
+        assert out.read_text() == "done"
+        assert not stale[0].exists() and len(leftovers(out)) == 1  # the live writer's
+    finally:
+        live.kill()
+        live.wait(timeout=30)

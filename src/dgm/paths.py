@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,34 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
+def _temporary_prefix(final: Path) -> str:
+    return f".{final.name}.{socket.gethostname()}."
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove what killed writers of ``final`` left beside it: temporaries of
+    :func:`atomic_path` made on this host by a process that no longer runs (a live
+    writer's, or another host's on a shared disk, are left alone)."""
+    prefix = _temporary_prefix(final)
+    removed = []
+    for candidate in final.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = candidate.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``final`` only if the block succeeds.
@@ -44,7 +74,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        remove_stale_temporaries(final)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(final)}{os.getpid()}.",
+                                        dir=final.parent))
     except OSError as exc:  # a parent that is a file, read-only, a pseudo-filesystem …
         blocking = next((p for p in final.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocking} is not a directory" if blocking else exc.strerror or str(exc)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +22,27 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that ``finally`` blocks (temporary outputs)
+    run as on Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; turn user errors into one line on stderr and exit status 2."""
+    """Call ``fn``; turn user errors into one line on stderr and exit status 2, Ctrl-C into
+    "interrupted" (130) and SIGTERM into "terminated" (143), each after cleaning up."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn(*args, **kwargs)
     except DgmError as exc:
         fail(str(exc))
+    except Terminated:
+        fail("terminated", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
         fail("interrupted", 130)
 
