@@ -252,6 +252,16 @@ def not_mlflow(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.parametrize("uri", ["file:///tmp/dgm-mlruns", "/tmp/dgm-mlruns", "./mlruns"])
+@pytest.mark.parametrize("command", [("generate", "--model-uri",
+                                      "models:/dgm-digits-gan@champion", "--output", "g.parquet"),
+                                     ("lineage", "models:/dgm-digits-gan@champion")])
+def test_a_file_tracking_store_is_one_line(fast_dgm, workdir, uri, command):
+    result = fast_dgm(*command, cwd=workdir, env={"MLFLOW_TRACKING_URI": uri})
+    assert_one_line_error(result, f"MLFLOW_TRACKING_URI={uri}", "file store is retired")
+    assert not (workdir / "g.parquet").exists() and not Path("/tmp/dgm-mlruns").exists()
+
+
 @pytest.mark.parametrize("server", ["refused", "not_mlflow"])
 def test_unreachable_tracking_server_is_one_line_fast(fast_dgm, workdir, server, request):
     from conftest import free_port

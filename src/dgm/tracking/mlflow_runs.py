@@ -29,7 +29,23 @@ def tracking_uri(root: Path | None = None) -> str:
     Absolute, because Ray workers run in another directory and a relative
     ``sqlite:///mlflow.db`` would silently create a second store there.
     """
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+    uri = os.environ.get(TRACKING_ENV)
+    if uri:
+        check_store_kind(uri)
+        return uri
+    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def check_store_kind(uri: str) -> None:
+    """A file store (``file://…`` or a bare path) is refused in one line, as MLflow 3 does
+    with an exception, unless ``MLFLOW_ALLOW_FILE_STORE`` opts in."""
+    file_store = uri.startswith("file:") or "://" not in uri and not uri.startswith(
+        ("sqlite:", "databricks"))
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
+    if file_store and not allowed:
+        raise DgmError(f"{TRACKING_ENV}={uri}: MLflow's file store is retired; use a "
+                       "database (sqlite:///path/mlflow.db) or a server (http://…), or set "
+                       "MLFLOW_ALLOW_FILE_STORE=true")
 
 
 def is_sqlite_store(uri: str) -> bool:
