@@ -91,6 +91,35 @@ def test_load_unknown_family(tmp_path):
         load_generator(path)
 
 
+def _drop_a_tensor(payload):
+    del payload["weights"]["G"][next(iter(payload["weights"]["G"]))]
+
+
+def _resize_a_tensor(payload):
+    key = next(iter(payload["weights"]["G"]))
+    payload["weights"]["G"][key] = torch.zeros(3)
+
+
+def _drop_a_network(payload):
+    del payload["weights"]["D"]
+
+
+def _bad_config(payload):
+    payload["config"]["latent_dim"] = -1
+
+
+@pytest.mark.parametrize("damage", [_drop_a_tensor, _resize_a_tensor, _drop_a_network,
+                                    _bad_config])
+def test_load_damaged_generator_is_one_line(tmp_path, damage):
+    path = save_generator(trained("gan"), tmp_path / "generator.pt")
+    payload = torch.load(path, weights_only=True)
+    damage(payload)
+    torch.save(payload, path)
+    with pytest.raises(DgmError, match=r"generator.pt: a damaged dgm generator \(") as info:
+        load_generator(path)
+    assert "\n" not in str(info.value)
+
+
 def test_batch_seed_distinct_and_stable():
     seeds = [batch_seed(7, i) for i in range(1000)]
     assert len(set(seeds)) == 1000

@@ -42,8 +42,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
         raise DgmError(f"{path} is not a dgm generator (not a readable torch file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DgmError(f"{path} is not a dgm generator")
-    model = build_model(config_from_dict(payload["config"]), tuple(payload["image_shape"]))
-    model.load_weights(payload["weights"])
+    try:
+        model = build_model(config_from_dict(payload["config"]), tuple(payload["image_shape"]))
+        model.load_weights(payload["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # missing or odd tensors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DgmError(f"{path}: a damaged dgm generator ({reason[:200]})") from None
     model.extra = dict(payload.get("extra") or {})
     return model.to(device).eval()
 
