@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 IDX = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -179,6 +180,24 @@ def test_dataset_names_never_become_paths_outside_artifacts(fast_dgm, project, t
                       cwd=project)
     assert_one_line_error(result, f"dataset {name!r} is not a plain name")
     assert sorted(p for p in project.parent.rglob("*")) == before and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+@pytest.mark.parametrize(("batch", "fragment"), [
+    (1_000_000_000, "train.batch_size 1000000000 exceeds the 1294 images of the train split"),
+    (1, "train.batch_size 1 is smaller than {command}.num_workers 2"),
+])
+def test_a_batch_that_cannot_be_formed_is_refused_before_ray(fast_dgm, project, tmp_path,
+                                                              command, batch, fragment):
+    params = yaml.safe_load((project / "configs" / "params.yaml").read_text())
+    params["train"]["batch_size"] = batch
+    params["tune"]["num_workers"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    before = sorted(project.rglob("*"))
+    result = fast_dgm(command, "--model", "gan", "--params", path, cwd=project)
+    assert_one_line_error(result, fragment.format(command=command))
+    assert sorted(project.rglob("*")) == before  # no Ray results, no MLflow run
 
 
 def test_params_file_that_is_not_utf8(fast_dgm, workdir):

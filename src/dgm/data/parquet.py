@@ -219,6 +219,13 @@ def read_meta(path: str | Path) -> DatasetMeta:
     return DatasetMeta.from_metadata(pq.read_schema(files[0]).metadata, str(files[0]))
 
 
+def count_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or of every shard under a directory, from the footers."""
+    path = Path(path)
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def read_images(path: str | Path) -> ImageSet:
     """All images of a Parquet file or a directory of shards."""
     path = Path(path)

@@ -7,7 +7,7 @@ from typing import Any
 
 from dgm.cluster import latest_run_name, timestamp
 from dgm.config import Params
-from dgm.data.parquet import read_meta
+from dgm.data.parquet import count_rows, read_meta
 from dgm.errors import DgmError
 from dgm.models.registry import check_classes
 from dgm.stages.layout import Layout, layout, read_json, write_json
@@ -46,6 +46,7 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     config, tuned = model_config(params, model_name, lay)
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
+    params.train.check_batch(count_rows(lay.data_dir / "train"))
     # the cluster first: a configuration it cannot run leaves no MLflow run behind
     ray_train.prepare_cluster(params.train, "train", storage=params.cluster.storage)
     prefix = f"{params.data.name}-{model_name}-"

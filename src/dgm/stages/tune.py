@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dgm.config import Params
-from dgm.data.parquet import read_meta
+from dgm.data.parquet import count_rows, read_meta
 from dgm.errors import DgmError
 from dgm.models.registry import check_classes
 from dgm.stages.layout import layout
@@ -32,7 +32,10 @@ def run(params: Params, model_name: str, root: Path | None = None,
         return {"model": model_name, "tuned": False}
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
-    from dgm.tuning.study import StudyPlan, run_study  # Ray Tune: only when searching
+    from dgm.tuning.study import StudyPlan, run_study, trial_train_config  # Ray Tune
+
+    trial_train_config(params.train, params.tune).check_batch(
+        count_rows(lay.data_dir / "train"), "tune")
 
     uri = tracking_uri(lay.root)
     plan = StudyPlan(

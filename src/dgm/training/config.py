@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from dgm.errors import DgmError
 from dgm.models.base import ScheduleConfig
 from dgm.section import Section, Seed
 
@@ -47,3 +48,16 @@ class TrainConfig(Section):
     # Ray Train V2 collects worker reports at this interval and each report waits for the
     # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
     report_interval_s: Annotated[float, Field(gt=0)] = 0.1
+
+    def check_batch(self, train_rows: int, workers_from: str = "train") -> None:
+        """One line, before any worker starts, when ``train.batch_size`` cannot be formed:
+        more images than the train split holds (a huge batch would only exhaust the workers'
+        memory), or fewer than one per worker (``workers_from``: the section that set
+        ``num_workers``, train or tune)."""
+        if self.batch_size > train_rows:
+            raise DgmError(f"train.batch_size {self.batch_size} exceeds the {train_rows} "
+                           "images of the train split")
+        if self.batch_size < self.num_workers:
+            raise DgmError(f"train.batch_size {self.batch_size} is smaller than "
+                           f"{workers_from}.num_workers {self.num_workers} (one image per "
+                           "worker)")
