@@ -212,18 +212,21 @@ def write_dataset(
 
 def read_meta(path: str | Path) -> DatasetMeta:
     """Dataset metadata of a Parquet file or of the first shard under a directory."""
-    path = Path(path)
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    files = parquet_files(path)
     if not files or not files[0].is_file():
         raise DgmError(f"no Parquet data at {path}")
     return DatasetMeta.from_metadata(pq.read_schema(files[0]).metadata, str(files[0]))
 
 
+def parquet_files(path: str | Path) -> list[Path]:
+    """A Parquet file, or the shards under a directory (sorted)."""
+    path = Path(path)
+    return sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+
+
 def count_rows(path: str | Path) -> int:
     """Rows of a Parquet file or of every shard under a directory, from the footers."""
-    path = Path(path)
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
 
 
 def read_images(path: str | Path) -> ImageSet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dgm.cluster import latest_run_name, timestamp
+from dgm.cluster import run_to_resume, timestamp
 from dgm.config import Params
 from dgm.data.parquet import count_rows, read_meta
 from dgm.errors import DgmError
@@ -52,14 +52,7 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     prefix = f"{params.data.name}-{model_name}-"
     storage = lay.ray_storage_of(params.cluster)
     if resume:
-        from dgm.storage import list_dirs
-
-        if run_name is not None and run_name not in {name for name, _ in list_dirs(storage)}:
-            raise DgmError(f"--resume: no run {run_name} under {storage} (a new run: "
-                           "leave out --resume)")
-        run_name = run_name or latest_run_name(storage, prefix)
-        if run_name is None:
-            raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
+        run_name = run_to_resume(storage, prefix, run_name)
     run_name = run_name or prefix + timestamp()
     uri = tracking_uri(lay.root)
     run_file = lay.run_pointer(run_name)
