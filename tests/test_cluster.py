@@ -57,17 +57,6 @@ def test_the_environment_settings_are_still_read_by_ray():
     assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" in inspect.getsource(function_trainable)
 
 
-def test_latest_run_name_picks_the_newest_with_the_prefix(tmp_path):
-    import os
-
-    for i, name in enumerate(["digits-gan-1", "digits-vae-2", "digits-gan-3"]):
-        (tmp_path / name).mkdir()
-        os.utime(tmp_path / name, (1000 + i, 1000 + i))
-    assert cluster.latest_run_name(str(tmp_path), "digits-gan-") == "digits-gan-3"
-    assert cluster.latest_run_name(str(tmp_path), "digits-rbm-") is None
-    assert cluster.latest_run_name(str(tmp_path / "missing"), "digits-") is None
-
-
 def test_root_cause_is_the_last_error_line():
     error = RuntimeError("Traceback ...\n  File x\nValueError: the real reason\n\n")
     assert cluster.root_cause(error) == "ValueError: the real reason"

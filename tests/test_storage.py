@@ -8,7 +8,7 @@ import pytest
 from dgm import cluster
 from dgm.config import Params
 from dgm.errors import DgmError
-from dgm.storage import ClusterConfig, join, list_dirs, storage_location
+from dgm.storage import ClusterConfig, join, latest_run_name, list_dirs, storage_location
 
 
 def test_storage_locations(tmp_path):
@@ -89,3 +89,14 @@ def test_driver_proxy_calls_an_actor_on_the_drivers_node(ray_session):
     assert cluster.single_node()
     with pytest.raises(AttributeError):
         proxy.__wrapped__  # noqa: B018 - dunder lookups never reach the actor
+
+
+def test_latest_run_name_picks_the_newest_with_the_prefix(tmp_path):
+    import os
+
+    for i, name in enumerate(["digits-gan-1", "digits-vae-2", "digits-gan-3"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert latest_run_name(str(tmp_path), "digits-gan-") == "digits-gan-3"
+    assert latest_run_name(str(tmp_path), "digits-rbm-") is None
+    assert latest_run_name(str(tmp_path / "missing"), "digits-") is None

@@ -297,32 +297,6 @@ def check_visible(path: str, what: str) -> None:
                        "(s3://, gs://) or a path every node mounts")
 
 
-def latest_run_name(storage: str, prefix: str) -> str | None:
-    """The newest Ray Train run under ``storage`` (a path or URI) whose name starts with
-    ``prefix`` (by modification time, then name: names end in a timestamp, and object
-    stores have no directory times)."""
-    from dgm.storage import list_dirs
-
-    runs = [(mtime, name) for name, mtime in list_dirs(storage) if name.startswith(prefix)]
-    return max(runs)[1] if runs else None
-
-
-def run_to_resume(storage: str, prefix: str, run_name: str | None) -> str:
-    """The Ray Train run ``--resume`` continues: ``run_name`` if it ran under ``storage``,
-    else the newest ``prefix*`` run (:func:`latest_run_name`); one line when there is none."""
-    from dgm.storage import list_dirs
-
-    if run_name is not None:
-        if run_name not in {name for name, _ in list_dirs(storage)}:
-            raise DgmError(f"--resume: no run {run_name} under {storage} (a new run: leave "
-                           "out --resume)")
-        return run_name
-    latest = latest_run_name(storage, prefix)
-    if latest is None:
-        raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
-    return latest
-
-
 def timestamp() -> str:
     """UTC ``YYYYmmdd-HHMMSS``: the suffix of run and study names."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -79,3 +79,25 @@ def list_dirs(location: str) -> list[tuple[str, float]]:
         raise DgmError(f"cannot list storage {location}: {str(exc).splitlines()[0]}") from None
     return [(info.base_name, info.mtime.timestamp() if info.mtime else 0.0)
             for info in infos if info.type == pafs.FileType.Directory]
+
+
+def latest_run_name(storage: str, prefix: str) -> str | None:
+    """The newest Ray Train run under ``storage`` (a path or URI) whose name starts with
+    ``prefix`` (by modification time, then name: names end in a timestamp, and object
+    stores have no directory times)."""
+    runs = [(mtime, name) for name, mtime in list_dirs(storage) if name.startswith(prefix)]
+    return max(runs)[1] if runs else None
+
+
+def run_to_resume(storage: str, prefix: str, run_name: str | None) -> str:
+    """The Ray Train run ``--resume`` continues: ``run_name`` if it ran under ``storage``,
+    else the newest ``prefix*`` run (:func:`latest_run_name`); one line when there is none."""
+    if run_name is not None:
+        if run_name not in {name for name, _ in list_dirs(storage)}:
+            raise DgmError(f"--resume: no run {run_name} under {storage} (a new run: leave "
+                           "out --resume)")
+        return run_name
+    latest = latest_run_name(storage, prefix)
+    if latest is None:
+        raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
+    return latest
