@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from dgm.errors import DgmError
+from dgm.timing import phase
 
 # The Ray version whose private APIs below were checked (see tests/test_cluster.py).
 CHECKED_RAY_VERSION = "2.60.0"
@@ -58,7 +59,11 @@ def ensure_ray() -> None:
     through the job's runtime environment."""
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS") or running_cluster_address() or "local"
+    with phase("ray_start"):
+        _init_ray(os.environ.get("RAY_ADDRESS") or running_cluster_address() or "local")
+
+
+def _init_ray(address: str) -> None:
     if address == "local":
         ray.init(address="local", logging_level="WARNING")
         return

@@ -56,7 +56,15 @@ def quiet_libraries() -> None:
 
 def run_stage(run: Callable[..., Any], *args: str, params: str = PARAMS_FILE) -> None:
     """Entry of a DVC stage script: ``run(load_params(params), *args)``, guarded."""
+    import time
+
+    from dgm import timing
     from dgm.config import load_params
 
+    started_at_age, started = timing.process_age(), time.perf_counter()
     quiet_libraries()
-    guarded(lambda: run(load_params(params), *args))
+    stage = "@".join([run.__module__.rsplit(".", 1)[-1], *args])
+    try:
+        guarded(lambda: run(load_params(params), *args))
+    finally:
+        timing.write_profile(stage, started_at_age, time.perf_counter() - started)

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from dgm.errors import DgmError
 from dgm.paths import project_root
+from dgm.timing import timed
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
@@ -108,6 +109,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@timed("mlflow")
 def start_run(
     experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
     uri: str | None = None,
@@ -134,11 +136,13 @@ class RunLogger:
         self.run_id = run_id
         self.client = client(uri)
 
+    @timed("mlflow")
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         batch = [mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    @timed("mlflow")
     def log_png(self, image: np.ndarray, artifact_file: str) -> None:
         """Log a uint8 (H, W, C) image as a PNG artifact."""
         from dgm.images import save_png
@@ -147,9 +151,11 @@ class RunLogger:
             path = save_png(image, Path(tmp) / Path(artifact_file).name)
             self.log_file(path, str(Path(artifact_file).parent).strip("."))
 
+    @timed("mlflow")
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path or None)
 
+    @timed("mlflow")
     def log_lines(self, series: Mapping[str, tuple[list, list]], artifact_file: str,
                   xlabel: str, ylabel: str | None = None, **style: Any) -> None:
         """Log a PNG line plot, one line per ``{label: (x, y)}`` (legend when any)."""
@@ -174,10 +180,12 @@ class RunLogger:
             self.log_file(path, str(Path(artifact_file).parent).strip("."))
         plt.close(fig)
 
+    @timed("mlflow")
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    @timed("mlflow")
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
             self.client.set_tag(self.run_id, "dgm.failure_reason", reason[:5000])
@@ -204,6 +212,7 @@ def child_runs(experiment: str, parent_run_id: str, uri: str,
     return list(runs)
 
 
+@timed("mlflow")
 def start_child_run(experiment: str, parent_run_id: str, run_name: str,
                     key_tags: Mapping[str, str], params: Mapping[str, Any],
                     tags: Mapping[str, str], uri: str) -> str:
@@ -223,6 +232,7 @@ def start_child_run(experiment: str, parent_run_id: str, run_name: str,
                       "dgm.attempts": "1"}, uri=uri)
 
 
+@timed("mlflow")
 def end_child_run(experiment: str, parent_run_id: str, key_tags: Mapping[str, str],
                   status: str, reason: str | None, uri: str) -> str | None:
     """End the child run (if it is still RUNNING) with ``status``; return its id."""

@@ -15,6 +15,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.types.schema import Array
 
+from dgm.timing import timed
+
 MAX_SAMPLES_PER_REQUEST = 100_000
 
 
@@ -46,6 +48,7 @@ def generator_input_example():
     return pd.DataFrame({"num_samples": [4], "seed": [0]}, dtype="int64")
 
 
+@timed("mlflow")
 def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
     """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
     mlflow.set_tracking_uri(uri)
@@ -175,6 +178,7 @@ def is_dgm_generator(flavors: dict) -> bool:
             and "generator" in (pyfunc.get("artifacts") or {}))
 
 
+@timed("mlflow")
 def load_generator_model(model_uri: str) -> LoadedGenerator:
     """Load ``model_uri`` (``models:/NAME@ALIAS``, ``runs:/…``, or a directory from
     :func:`download_generator`) as a dgm generator.
@@ -206,6 +210,7 @@ def load_generator_model(model_uri: str) -> LoadedGenerator:
         raise DgmError(f"{model_uri} is not a dgm generator") from None
 
 
+@timed("mlflow")
 def download_generator(model_uri: str, directory: Path) -> Path:
     """The files of the generator ``model_uri`` copied under ``directory`` (checked as
     :func:`load_generator_model` checks it): what Ray actors on nodes that cannot reach the

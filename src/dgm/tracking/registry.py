@@ -16,6 +16,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
+from dgm.timing import timed
 from dgm.tracking.mlflow_runs import client, tracking_uri
 from dgm.tracking.names import parse_model_uri
 
@@ -58,6 +59,7 @@ def beats(candidate: float, incumbent: float | None, mode: str, min_delta: float
     return candidate > incumbent + min_delta
 
 
+@timed("mlflow")
 def register_generator(
     model_uri: str, name: str, metric: str, value: float, mode: str = "min",
     min_delta: float = 0.0, uri: str | None = None,

@@ -50,6 +50,7 @@ from dgm.models.generator import save_generator
 from dgm.models.registry import build_model, config_from_dict
 from dgm.paths import atomic_path
 from dgm.storage import storage_location
+from dgm.timing import add, phase
 from dgm.training.callbacks import EpochCallback, active
 from dgm.training.checkpoints import load_checkpoint, save_checkpoint
 from dgm.training.config import TrainConfig
@@ -239,13 +240,16 @@ def fit(
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
     apply_train_environment(train_config.report_interval_s)
     try:
-        result = trainer.fit()
+        with phase("ray_train"):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise DgmError(f"training failed: {root_cause(exc)}") from None
     if result.checkpoint is None:
         raise DgmError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)
+    if state["history"]:  # the workers' own loop time, this call's epochs included
+        add("train_loop", float(state["history"][-1].get("elapsed_seconds", 0.0)))
     return list(state["history"]), state
 
 

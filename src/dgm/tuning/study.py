@@ -38,6 +38,7 @@ from dgm.evaluation.likelihood import LIKELIHOOD_METRIC
 from dgm.evaluation.metrics import MetricOptions, metric_mode
 from dgm.models.base import ModelConfigBase
 from dgm.models.registry import config_from_dict, validation_metric
+from dgm.timing import phase
 from dgm.training.config import TrainConfig
 from dgm.training.ray_train import (
     build_job,
@@ -309,7 +310,8 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
         tuner = make_tuner(trainable_for(job, cfg), plan.space, cfg, key, mode, storage, study,
                            callbacks, concurrency(need, cfg.max_concurrent_trials,
                                                   "tune.max_concurrent_trials"))
-    grid = tuner.fit()
+    with phase("ray_tune"):
+        grid = tuner.fit()
     check_complete(f"{storage}/{study}", total, plan.model_name)
     return collect(grid, key, mode, study, parent_run_id, job)
 
