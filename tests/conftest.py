@@ -93,9 +93,10 @@ def ray_session():
     the next run in the session (a Tune trial) waits forever for the leaked CPUs."""
     import ray
 
+    from dgm.cluster import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=True,
-                 logging_level="WARNING")
+        start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,46 @@ def test_train_v2_context_module_still_logs_reports():
     """``quiet_reports`` silences the logger named after this module's file."""
     context = importlib.import_module("ray.train.v2._internal.execution.context")
     assert Path(context.__file__).is_file()
+
+
+def test_the_token_notice_still_comes_from_its_logger():
+    """``start_local_ray`` quietens the notice by the logger of the module that logs it."""
+    setup = importlib.import_module(cluster.TOKEN_NOTICE_LOGGER)
+    assert "Token authentication is enabled" in inspect.getsource(setup)
+    assert "getLogger(__name__)" in inspect.getsource(setup)
+
+
+def test_the_state_api_still_reads_its_address_from_the_environment():
+    """Ray Train's placement-group cleaner asks the State API without an address; it then
+    reads RAY_API_SERVER_ADDRESS, which ``start_local_ray`` gives every worker."""
+    from ray.dashboard.utils import get_address_for_submission_client
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    assert "is_actor_alive(" in inspect.getsource(placement_group_cleaner)
+    assert "RAY_API_SERVER_ADDRESS" in inspect.getsource(
+        importlib.import_module("ray._private.ray_constants"))
+    os.environ["RAY_API_SERVER_ADDRESS"] = "http://127.0.0.1:1"
+    try:
+        assert get_address_for_submission_client(None) == "http://127.0.0.1:1"
+    finally:
+        del os.environ["RAY_API_SERVER_ADDRESS"]
+
+
+def test_a_workers_state_api_call_reaches_its_own_ray(ray_session):
+    """A State API call without an address, made in a worker of the session's Ray
+    (``start_local_ray``), reaches that Ray's dashboard (not whatever /tmp/ray names)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def ask() -> tuple[str | None, list[str]]:
+        from ray.util.state import list_nodes
+
+        return (os.environ.get("RAY_API_SERVER_ADDRESS"),
+                [n.node_id for n in list_nodes(timeout=10)])
+
+    address, nodes = ray.get(ask.remote(), timeout=60)
+    assert address.startswith("http://127.0.0.1:")
+    assert nodes == [ray.get_runtime_context().get_node_id()]
 
 
 def test_the_environment_settings_are_still_read_by_ray():

@@ -63,9 +63,29 @@ def ensure_ray() -> None:
         _init_ray(os.environ.get("RAY_ADDRESS") or running_cluster_address() or "local")
 
 
+# private: the module that logs "Token authentication is enabled …" (pinned by a test)
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """Start a Ray for this process, its dashboard on a free loopback port that every worker's
+    State API calls go to (``RAY_API_SERVER_ADDRESS``; else Ray Train's placement-group
+    cleaner looks for a cluster in /tmp/ray, may find another or a dead one, and each run
+    waits 12 s and prints a traceback). Token authentication stays on, Ray's default, without
+    its notice on every start (``RAY_AUTH_MODE`` says otherwise)."""
+    logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port, logging_level="WARNING",
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+             **init_kwargs)
+
+
 def _init_ray(address: str) -> None:
     if address == "local":
-        ray.init(address="local", logging_level="WARNING")
+        start_local_ray()
         return
     # Ray merges this with the runtime environment of a submitted job (`ray job submit
     # --working-dir .`); a job that ships its own py_modules keeps them.
@@ -300,11 +320,6 @@ def check_visible(path: str, what: str) -> None:
     if blind:
         raise DgmError(f"{what} {path} is not visible on node(s) {', '.join(blind)}: use a URI "
                        "(s3://, gs://) or a path every node mounts")
-
-
-def timestamp() -> str:
-    """UTC ``YYYYmmdd-HHMMSS``: the suffix of run and study names."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
 # --- environment settings --------------------------------------------------------------------

@@ -9,6 +9,7 @@ S3 endpoints and credentials come from the standard AWS environment variables
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydantic import field_validator
@@ -101,3 +102,8 @@ def run_to_resume(storage: str, prefix: str, run_name: str | None) -> str:
     if latest is None:
         raise DgmError(f"--resume: no earlier run {prefix}* under {storage}")
     return latest
+
+
+def timestamp() -> str:
+    """UTC ``YYYYmmdd-HHMMSS``: the suffix of run and study names."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -153,7 +153,7 @@ def test_setup_wraps_every_network_and_weights_unwrap():
 
     model.setup(wrap)
     assert isinstance(model.G, Wrapper) and isinstance(model.D, Wrapper)
-    assert seen == [{}, {"broadcast_buffers": False}]
+    assert seen == [{}, {"forward_sync_buffers": False}]
     assert set(model.optimizers) == {"G", "D"}
     # Saved weights carry no wrapper prefix.
     assert not any(k.startswith("module.") for k in model.weights()["D"])

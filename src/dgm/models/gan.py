@@ -139,7 +139,7 @@ class DCGAN(GenerativeModel):
     config_class = GANConfig
     networks = ("G", "D")
     # D runs on real and fake batches before one backward: DDP must not re-broadcast buffers.
-    ddp_kwargs = {"D": {"broadcast_buffers": False}}
+    ddp_kwargs = {"D": {"forward_sync_buffers": False}}
 
     def __init__(self, config: GANConfig, image_shape: ImageShape):
         super().__init__(config, image_shape)

@@ -131,7 +131,7 @@ class RBM(GenerativeModel):
     validation_metric = "nll_nats"  # its likelihood on the val split
     config_class = RBMConfig
     networks = ("net",)
-    ddp_kwargs = {"net": {"broadcast_buffers": False}}  # each worker keeps its PCD chains
+    ddp_kwargs = {"net": {"forward_sync_buffers": False}}  # each worker keeps its PCD chains
     supports_autocast = False  # CD's gradient is a small difference of large free energies
 
     def __init__(self, config: RBMConfig, image_shape: ImageShape):

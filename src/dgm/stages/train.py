@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dgm.cluster import timestamp
 from dgm.config import Params
 from dgm.data.parquet import count_rows, read_meta
 from dgm.errors import DgmError
 from dgm.models.registry import check_classes
 from dgm.stages.layout import Layout, layout, read_json, write_json
-from dgm.storage import run_to_resume
+from dgm.storage import run_to_resume, timestamp
 from dgm.tracking.callbacks import MLflowEpochLogger
 from dgm.tracking.lineage import collect_lineage, tag_run
 from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri

@@ -31,13 +31,13 @@ from dgm.cluster import (
     decide_use_gpu,
     root_cause,
     ship_directory,
-    timestamp,
 )
 from dgm.errors import DgmError
 from dgm.evaluation.likelihood import LIKELIHOOD_METRIC
 from dgm.evaluation.metrics import MetricOptions, metric_mode
 from dgm.models.base import ModelConfigBase
 from dgm.models.registry import config_from_dict, validation_metric
+from dgm.storage import timestamp
 from dgm.timing import phase
 from dgm.training.config import TrainConfig
 from dgm.training.ray_train import (
