@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,8 +59,39 @@ def pipeline_repo(tmp_path_factory, mlflow_server_uri):
     run(["git", "add", "-A"], repo, env)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
     run(["dgm", "data", "init"], repo, env)
+    env["DGM_PROFILE"] = str(repo.parent / "profile.jsonl")  # each stage's phases
     first = run(["dvc", "repro"], repo, env)
+    del env["DGM_PROFILE"]
     return repo, env, first
+
+
+# What a user reads as trouble (issue 18): none of it in a successful run's output.
+TROUBLE = re.compile(r"Traceback|Error|WARNING|Warning:")
+
+
+def test_a_successful_repro_prints_nothing_alarming(pipeline_repo):
+    _, _, first = pipeline_repo
+    lines = (first.stdout + first.stderr).splitlines()
+    assert [line for line in lines if TROUBLE.search(line)] == []
+
+
+def test_every_stage_reports_where_its_time_went(pipeline_repo):
+    repo, _, _ = pipeline_repo
+    lines = (repo.parent / "profile.jsonl").read_text().splitlines()
+    records = {r["stage"]: r for r in map(json.loads, lines)}
+    assert set(records) == {"prepare", "evaluator", "report",
+                            *(f"{stage}@{m}" for stage in ("tune", "train", "evaluate",
+                                                           "register", "generate")
+                              for m in MODELS)}
+    for record in records.values():
+        assert 0 < record["startup_s"] < 120 and record["total_s"] > 0, record
+    for model in MODELS:
+        train = records[f"train@{model}"]
+        assert train["ray_start_s"] > 0 and train["mlflow_s"] > 0, train
+        assert 0 < train["train_loop_s"] < train["ray_train_s"] < train["total_s"], train
+    tuned = records["tune@gan"]
+    assert 0 < tuned["ray_tune_s"] < tuned["total_s"] and "ray_tune_s" not in records[
+        "tune@vae"]
 
 
 def test_repro_prepares_parquet(pipeline_repo):

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
 
 from dgm.errors import DgmError
 
@@ -210,6 +209,8 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
 
 def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: int, seed: int) -> float:
     """Mean over random unit directions of the 1-D Wasserstein-1 distance of the projections."""
+    from scipy import stats  # 1 s to import: not on every stage's path through dgm.config
+
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(x.shape[1], projections))
     directions /= np.linalg.norm(directions, axis=0, keepdims=True)
