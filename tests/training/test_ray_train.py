@@ -219,3 +219,16 @@ def test_streamed_ingest_reads_each_ranks_shard_from_the_storage(ray_session, pr
     assert MlflowClient().get_run(info["run_id"]).info.status == "FINISHED"
     err = capfd.readouterr().err
     assert "row/s" not in err and "Starting execution" not in err  # Ray Data stays quiet
+
+
+def test_ray_trains_console_level_is_critical_unless_asked(monkeypatch):
+    """A successful run prints none of Ray Train's own error lines (dgm says it in one)."""
+    from dgm.training.ray_train import train_log_level
+
+    monkeypatch.delenv("DGM_LOG_LEVEL", raising=False)
+    assert train_log_level() == "CRITICAL"
+    monkeypatch.setenv("DGM_LOG_LEVEL", "info")
+    assert train_log_level() == "INFO"
+    monkeypatch.setenv("DGM_LOG_LEVEL", "loud")
+    with pytest.raises(DgmError, match="DGM_LOG_LEVEL=LOUD: not a log level"):
+        train_log_level()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,9 +28,14 @@ def child_runs_of(client: MlflowClient, parent_run_id: str):
     return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
-def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_project):
+def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_project,
+                                                           capfd):
     params = Params.model_validate(study_params())
     record = tune(params, "gan", root=tune_project)
+    # ASHA stopped a trial (below) quietly: no traceback or error line on the console
+    out, err = capfd.readouterr()
+    assert [line for line in (out + err).splitlines()
+            if re.search(r"Traceback|Error|WARNING|Warning:", line)] == []
     out = Layout(tune_project, "digits").tune_dir("gan")
 
     best = yaml.safe_load((out / "best.yaml").read_text())

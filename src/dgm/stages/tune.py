@@ -11,7 +11,6 @@ from dgm.data.parquet import count_rows, read_meta
 from dgm.errors import DgmError
 from dgm.models.registry import check_classes
 from dgm.stages.layout import layout
-from dgm.tracking.mlflow_runs import tracking_uri
 from dgm.tracking.names import experiment_name
 from dgm.tuning.results import write_study, write_untuned
 
@@ -32,7 +31,9 @@ def run(params: Params, model_name: str, root: Path | None = None,
         return {"model": model_name, "tuned": False}
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
-    from dgm.tuning.study import StudyPlan, run_study, trial_train_config  # Ray Tune
+    # Ray Tune and MLflow: only for a model that is tuned (seconds of start-up otherwise)
+    from dgm.tracking.mlflow_runs import tracking_uri
+    from dgm.tuning.study import StudyPlan, run_study, trial_train_config
 
     trial_train_config(params.train, params.tune).check_batch(
         count_rows(lay.data_dir / "train"), "tune")

@@ -10,6 +10,8 @@ then :class:`CheckpointReport`: rank 0 writes a checkpoint and every rank report
 from __future__ import annotations
 
 import csv
+import logging
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -194,11 +196,30 @@ def prepare_cluster(cfg: TrainConfig, section: str, driver_cpus: float = 0.0,
     return use_gpu
 
 
+def train_log_level() -> str:
+    """Ray Train's console level (``DGM_LOG_LEVEL``, else CRITICAL): dgm reports a failed run
+    in one line, and Ray Train's own error lines (an ASHA-stopped trial's failed report, a
+    slow placement-group cleaner on a busy machine) are tracebacks a user can do nothing
+    about. Ray's session log files keep every level."""
+    level = os.environ.get("DGM_LOG_LEVEL", "CRITICAL").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise DgmError(f"DGM_LOG_LEVEL={level}: not a log level (DEBUG, INFO, WARNING, …)")
+    return level
+
+
 def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: str,
-                 run_name: str, use_gpu: bool, callbacks: list | None = None):
+                 run_name: str, use_gpu: bool, callbacks: list | None = None,
+                 log_level: str | None = None):
     """The ``TorchTrainer`` of one training run (re-run with the same storage and name to
-    resume from its latest checkpoint)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    resume from its latest checkpoint); ``log_level``: of Ray Train's console lines
+    (:func:`train_log_level` when None)."""
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     streamed = job["dataset"] if isinstance(job["dataset"], StreamedDataset) else None
@@ -216,6 +237,7 @@ def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: s
             failure_config=FailureConfig(max_failures=train_config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=train_config.checkpoints_to_keep),
             callbacks=callbacks,
+            logging_config=LoggingConfig(log_level=log_level or train_log_level()),
         ),
     )
 

@@ -46,6 +46,7 @@ from dgm.training.ray_train import (
     prepare_cluster,
     resolve_ingest,
     ship_dataset,
+    train_log_level,
     training_data,
 )
 from dgm.tuning.config import TuneConfig
@@ -81,7 +82,7 @@ def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     use_gpu = decide_use_gpu(train_cfg.use_gpu, train_cfg.num_workers, "tune.use_gpu")
     report = TuneReportCallback()
     trainer = make_trainer(worker_job, train_cfg, job["train_storage"], trial_id, use_gpu,
-                           callbacks=[report])
+                           callbacks=[report], log_level=job.get("log_level"))
     apply_train_environment(train_cfg.report_interval_s)
     stopped = abort_train_run_when_stopped(report)
     try:
@@ -293,7 +294,7 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
         "tracking_uri": plan.tracking_uri, "tracking": worker_tracking(plan.tracking_uri),
         "dataset": train_data, "image_shape": image_shape, "code_version": code_version(),
         "model": plan.model_config.model_dump(), "train": trial_train.model_dump(),
-        "train_storage": f"{storage}/{study}-train",
+        "train_storage": f"{storage}/{study}-train", "log_level": train_log_level(),
         "validation": {"metric": metric, "data_dir": dataset, "evaluator_dir": evaluator,
                        "num_samples": cfg.eval_samples, "seed": plan.eval_seed,
                        "importance_samples": cfg.nll_importance_samples,
