@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,8 @@ RAY_GROUP = "ray"
 # then Fashion-MNIST (each about 5 + 4 min on one core); the short modules fill in after.
 FIRST = ("tests/integration/test_evaluator_acceptance.py", RAY_GROUP,
          "tests/integration/test_pipeline.py", "tests/integration/test_fashion_evaluator.py")
+# What a user reads as trouble in a successful run's output (issue 18).
+TROUBLE = re.compile(r"Traceback|Error|WARNING|Warning:")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 

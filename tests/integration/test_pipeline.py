@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -65,11 +64,9 @@ def pipeline_repo(tmp_path_factory, mlflow_server_uri):
     return repo, env, first
 
 
-# What a user reads as trouble (issue 18): none of it in a successful run's output.
-TROUBLE = re.compile(r"Traceback|Error|WARNING|Warning:")
-
-
 def test_a_successful_repro_prints_nothing_alarming(pipeline_repo):
+    from conftest import TROUBLE
+
     _, _, first = pipeline_repo
     lines = (first.stdout + first.stderr).splitlines()
     assert [line for line in lines if TROUBLE.search(line)] == []

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import TROUBLE
 from mlflow.tracking import MlflowClient
 
 from dgm.config import Params
@@ -36,7 +36,7 @@ def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_pr
     # arrive after the test: the CLI check of an ASHA stop is still to be written)
     out, err = capfd.readouterr()
     assert [line for line in (out + err).splitlines()
-            if re.search(r"Traceback|Error|WARNING|Warning:", line)] == []
+            if TROUBLE.search(line)] == []
     out = Layout(tune_project, "digits").tune_dir("gan")
 
     best = yaml.safe_load((out / "best.yaml").read_text())

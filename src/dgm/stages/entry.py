@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +57,6 @@ def quiet_libraries() -> None:
 
 def run_stage(run: Callable[..., Any], *args: str, params: str = PARAMS_FILE) -> None:
     """Entry of a DVC stage script: ``run(load_params(params), *args)``, guarded."""
-    import time
-
     from dgm import timing
     from dgm.config import load_params
 
