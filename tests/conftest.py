@@ -30,6 +30,8 @@ FIRST = ("tests/integration/test_evaluator_acceptance.py", RAY_GROUP,
          "tests/integration/test_pipeline.py", "tests/integration/test_fashion_evaluator.py")
 # What a user reads as trouble in a successful run's output (issue 18).
 TROUBLE = re.compile(r"Traceback|Error|WARNING|Warning:")
+# A line Ray forwards from one of its worker processes: "(ShardWriter pid=12) …"
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 

@@ -9,6 +9,7 @@ import typer
 
 from dgm.errors import DgmError
 from dgm.section import MAX_SEED
+from dgm.signals import was_terminated
 from dgm.stages.entry import fail, guarded, quiet_libraries
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -34,6 +35,16 @@ def _params(path: Path | None, dataset: str | None = None):
     if dataset is not None:
         params.data.name = dataset
     return params
+
+
+def _baseline():
+    """The project's params (the defaults if it has none, or none that load)."""
+    from dgm.config import Params
+
+    try:
+        return _params(None)
+    except DgmError:
+        return Params()
 
 
 @data_app.command("init")
@@ -81,10 +92,13 @@ def train(model: str = typer.Option(..., help="A key of `models` in the params f
           params: Path = PARAMS,
           run_name: str = typer.Option(None, help="Ray Train run name (default: timestamped)."),
           resume: bool = typer.Option(False, help="Continue the latest (or named) run.")) -> None:
-    """Train a model with Ray Train, track it in MLflow."""
+    """Train a model with Ray Train, track it in MLflow. Tuned params (the `tune` stage's
+    best.yaml) apply, except where an explicit --params file differs from the project's."""
     from dgm.stages import train as stage
 
-    stage.run(_params(params), model, run_name=run_name, resume=resume)
+    chosen = _params(params)
+    keep = () if params is None else stage.explicit_keys(chosen, model, _baseline())
+    stage.run(chosen, model, run_name=run_name, resume=resume, keep=keep)
 
 
 @app.command()
@@ -204,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # usage errors (typer vendors click)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         fail(message, getattr(exc, "exit_code", 2))
+    if result == 130:  # typer turns KeyboardInterrupt (and so Terminated) into Exit(130)
+        fail(*(("terminated", 143) if was_terminated() else ("interrupted", 130)))
     if isinstance(result, int) and result:
         sys.exit(result)
 

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from dgm.errors import DgmError
+from dgm.signals import keep_signal_handlers
 from dgm.timing import phase
 
 # The Ray version whose private APIs below were checked (see tests/test_cluster.py).
@@ -59,7 +60,7 @@ def ensure_ray() -> None:
     through the job's runtime environment."""
     if ray.is_initialized():
         return
-    with phase("ray_start"):
+    with phase("ray_start"), keep_signal_handlers():
         _init_ray(os.environ.get("RAY_ADDRESS") or running_cluster_address() or "local")
 
 
@@ -72,14 +73,16 @@ def start_local_ray(**init_kwargs: Any) -> None:
     State API calls go to (``RAY_API_SERVER_ADDRESS``; else Ray Train's placement-group
     cleaner looks for a cluster in /tmp/ray, may find another or a dead one, and each run
     waits 12 s and prints a traceback). Token authentication stays on, Ray's default, without
-    its notice on every start (``RAY_AUTH_MODE`` says otherwise)."""
+    its notice on every start (``RAY_AUTH_MODE`` says otherwise). No Ray Train preemption
+    watcher: nothing drains this Ray's one node (the watcher is an actor per run)."""
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=port, logging_level="WARNING",
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}},
              **init_kwargs)
 
 
@@ -337,9 +340,7 @@ def apply_train_environment(report_interval_s: float) -> None:
     os.environ.update(train_environment(report_interval_s))
 
 
-# Seconds Tune waits for a stopped trial's function to return before it reuses the trial's
-# actor for the next trial (Ray's default of 2 s is shorter than a Train run's shutdown).
-TRIAL_RESET_TIMEOUT_S = 60
+TRIAL_RESET_TIMEOUT_S = 60  # Tune's wait for a stopped trial (default 2 s < a Train shutdown)
 
 
 def apply_tune_environment() -> None:

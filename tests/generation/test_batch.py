@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import environment
+from conftest import RAY_WORKER_LINE, environment
 from PIL import Image
 
 from dgm.cli import main
@@ -21,8 +19,6 @@ from dgm.models.vae import VAEConfig
 from dgm.tracking.mlflow_runs import start_run
 from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.registry import register_generator
-
-RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,9 @@ def test_champion_carries_its_lineage(pipeline_repo):
                    if o["path"] == "artifacts/data/digits"]
     assert version.tags["dgm.lineage.dataset_checksum"] == prepared["md5"]
     assert version.tags["dgm.lineage.dvc.artifacts/data/digits"] == prepared["md5"]
+    (used,) = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(
+        version.run_id).inputs.dataset_inputs  # the MLflow dataset input: DVC's hash
+    assert (used.dataset.name, used.dataset.digest) == ("digits", prepared["md5"])
     assert len(version.tags["dgm.lineage.dvc_params"]) == 64
     shown = json.loads(run(["dgm", "lineage", "models:/dgm-digits-vae@champion", "--json"],
                            repo, env).stdout)

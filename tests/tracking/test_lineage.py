@@ -298,3 +298,10 @@ def test_train_tags_its_mlflow_run(project, tracking_uri, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("dgm-digits").experiment_id])
     assert run.info.status == "FAILED"
     assert {k: v for k, v in run.data.tags.items() if k.startswith(PREFIX)} == lineage(project)
+    # the prepared data as the run's MLflow dataset input: its DVC hash is the digest
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.name == "digits" and used.dataset.source_type == "dvc"
+    assert used.dataset.digest == dir_md5(project / "artifacts" / "data" / "digits")
+    assert json.loads(used.dataset.source) == {
+        "path": "artifacts/data/digits", "git_commit": git(project, "rev-parse", "HEAD")}
+    assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "training"}

@@ -165,3 +165,23 @@ def test_register_and_pull_on_a_tracking_server(mlflow_server_uri, tmp_path, mon
     assert client.get_model_version_by_alias("dgm-srv-gan", CHALLENGER).run_id == run_id
     pulled = load_generator_model("models:/dgm-srv-gan@champion")
     np.testing.assert_array_equal(pulled.predict(6, seed=2), sample_uint8(model, 6, seed=2))
+
+
+def test_the_registry_is_mlflow_registry_uri_when_it_is_set(logged_model, tracking_uri,
+                                                             tmp_path, monkeypatch):
+    """Runs stay in the tracking store; versions and aliases go to MLFLOW_REGISTRY_URI, and
+    ``models:/NAME@champion`` is pulled from there."""
+    model_uri, _, model = logged_model
+    registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry)
+    decision = register_generator(model_uri, "dgm-test-gan", "fid", 5.0, uri=tracking_uri)
+    assert decision.promoted and decision.version == "1"
+    version = MlflowClient(registry, registry_uri=registry).get_model_version_by_alias(
+        "dgm-test-gan", CHAMPION)
+    assert str(version.version) == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient(tracking_uri, registry_uri=tracking_uri).get_registered_model("dgm-test-gan")
+    loaded = load_generator_model("models:/dgm-test-gan@champion")
+    np.testing.assert_array_equal(loaded.predict(4, seed=1), sample_uint8(model, 4, seed=1))
+    with pytest.raises(DgmError, match=f"does not exist in the registry at {registry}"):
+        resolve_model_uri("models:/dgm-test-vae@champion")

@@ -7,12 +7,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dgm.errors import DgmError
+from dgm.signals import Terminated, raise_on_sigterm
 
 PARAMS_FILE = "configs/params.yaml"
 
@@ -23,21 +23,10 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is so that ``finally`` blocks (temporary outputs)
-    run as on Ctrl-C."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; turn user errors into one line on stderr and exit status 2, Ctrl-C into
     "interrupted" (130) and SIGTERM into "terminated" (143), each after cleaning up."""
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
-        signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     try:
         return fn(*args, **kwargs)
     except DgmError as exc:
@@ -52,6 +41,9 @@ def quiet_libraries() -> None:
     """No INFO chatter from MLflow, and no artifact progress bars on stderr (noise before a
     result and, on an error, a second line beside the one-line message)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # what mlflow reads when it is imported (here or in a Ray worker): e.g. no "Creating
+    # initial MLflow database tables" on a new SQLite store
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

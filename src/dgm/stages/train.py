@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,14 @@ from dgm.models.registry import check_classes
 from dgm.stages.layout import Layout, layout, read_json, write_json
 from dgm.storage import run_to_resume, timestamp
 from dgm.tracking.callbacks import MLflowEpochLogger
-from dgm.tracking.lineage import collect_lineage, tag_run
-from dgm.tracking.mlflow_runs import RunLogger, start_run, tracking_uri
+from dgm.tracking.lineage import collect_lineage, log_dataset_input, tag_run
+from dgm.tracking.mlflow_runs import (
+    RunLogger,
+    last_logged_step,
+    reopen_run,
+    start_run,
+    tracking_uri,
+)
 from dgm.tracking.names import experiment_name
 from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.relay import worker_tracking
@@ -22,11 +29,22 @@ from dgm.training.loop import BOOKKEEPING_KEYS
 from dgm.tuning.results import tuned_config
 
 
-def model_config(params: Params, model_name: str, lay: Layout, quiet: bool = False):
+def model_config(params: Params, model_name: str, lay: Layout, quiet: bool = False,
+                 keep: Collection[str] = ()):
     """``models.<name>`` with the `tune` stage's best params applied (when it tuned the
-    model); returns (config, the best.yaml record or None)."""
+    model) except the keys in ``keep``; returns (config, the best.yaml record or None)."""
     return tuned_config(params.model(model_name), lay.tune_dir(model_name) / "best.yaml",
-                        model_name, quiet=quiet)
+                        model_name, quiet=quiet, keep=keep)
+
+
+def explicit_keys(params: Params, model_name: str, baseline: Params) -> frozenset[str]:
+    """The keys of ``models.<name>`` that ``params`` (an explicit ``--params`` file) sets
+    otherwise than ``baseline`` (the project's params, or the defaults): the user's choices,
+    which win over tuned values."""
+    config = params.model(model_name).model_dump()
+    reference = (baseline.model(model_name) if model_name in baseline.models
+                 else type(params.model(model_name))()).model_dump()
+    return frozenset(k for k, v in config.items() if reference.get(k) != v)
 
 
 def lineage(params: Params, model_name: str, lay: Layout, config=None) -> dict[str, str]:
@@ -40,10 +58,11 @@ def lineage(params: Params, model_name: str, lay: Layout, config=None) -> dict[s
 
 
 def run(params: Params, model_name: str, root: Path | None = None, run_name: str | None = None,
-        resume: bool = False) -> dict[str, Any]:
-    """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs."""
+        resume: bool = False, keep: Collection[str] = ()) -> dict[str, Any]:
+    """Train ``model_name`` on Ray Train, log it to MLflow, write the stage outputs
+    (``keep``: model keys whose value in ``params`` wins over a tuned one)."""
     lay = layout(params, root)
-    config, tuned = model_config(params, model_name, lay)
+    config, tuned = model_config(params, model_name, lay, keep=keep)
     meta = read_meta(lay.data_dir / "train")
     check_classes(config, len(meta.class_names), meta.name, model_name)
     params.train.check_batch(count_rows(lay.data_dir / "train"))
@@ -56,26 +75,34 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
     run_name = run_name or prefix + timestamp()
     uri = tracking_uri(lay.root)
     run_file = lay.run_pointer(run_name)
+    logged_through = 0
     if resume and run_file.is_file():
         run_id = read_json(run_file, "MLflow run record")["run_id"]
+        reopen_run(run_id, uri)
+        logged_through = last_logged_step(run_id, uri)
     else:
         run_id = start_run(
             experiment_name(params.data.name), run_name,
             {"data": params.data.model_dump(), "model": config.model_dump(),
              "train": params.train.model_dump()},
             {"dgm.stage": "train", "dgm.dataset": params.data.name, "dgm.model": model_name,
-             **({"dgm.tuned_by": tuned["study"]} if tuned else {})},
+             **({"dgm.tuned_by": tuned["study"]} if tuned else {}),
+             **({"dgm.kept_over_tuned": ",".join(tuned["kept"])}
+                if tuned and tuned.get("kept") else {})},
             uri=uri,
         )
         write_json({"run_id": run_id}, run_file)
-    tag_run(run_id, lineage(params, model_name, lay, config), uri)  # on resume too
+    tags = lineage(params, model_name, lay, config)
+    tag_run(run_id, tags, uri)  # on resume too
+    if not resume:
+        log_dataset_input(run_id, tags, uri)
     logger = RunLogger(run_id, uri)
     try:
         history, state = ray_train.fit(
             dataset_dir=lay.data_dir, model_config=config, train_config=params.train,
             storage_path=storage, run_name=run_name, cluster_storage=params.cluster.storage,
             callbacks=[MLflowEpochLogger(run_id, worker_tracking(uri),
-                                         params.train.sample_every)],
+                                         params.train.sample_every, logged_through)],
         )
     except KeyboardInterrupt:
         logger.end("KILLED", "interrupted; resume with --resume")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
 from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
@@ -171,6 +171,22 @@ def collect_lineage(*, root: Path, dataset: str, data_dir: Path, evaluator_file:
 def tag_run(run_id: str, tags: Mapping[str, str], uri: str | None = None) -> None:
     """Set ``tags`` on run ``run_id`` in one batch."""
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dataset_input(run_id: str, lineage: Mapping[str, str], uri: str | None = None,
+                      context: str = "training") -> None:
+    """Record the prepared dataset of ``lineage`` (:func:`collect_lineage`) as the run's
+    MLflow dataset input: its name, the DVC hash of its directory as the digest, the
+    project path and git commit as the source (nothing is loaded or uploaded)."""
+    checksum = lineage.get(PREFIX + "dataset_checksum")
+    if not checksum:  # no prepared directory: nothing to name
+        return
+    source = {"path": lineage.get(PREFIX + "dataset_path"),
+              "git_commit": lineage.get(PREFIX + "git_commit")}
+    dataset = Dataset(name=lineage[PREFIX + "dataset"], digest=checksum, source_type="dvc",
+                      source=json.dumps({k: v for k, v in source.items() if v}))
+    client(uri).log_inputs(run_id, datasets=[DatasetInput(
+        dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def lineage_tags_for_version(run_id: str, uri: str | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -73,11 +74,22 @@ def check_reachable(uri: str) -> None:
         raise DgmError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
 
 
+def registry_uri(uri: str | None = None) -> str:
+    """The model registry: ``MLFLOW_REGISTRY_URI`` when set, else the tracking store
+    ``uri`` (MLflow's own resolution)."""
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    return mlflow.get_registry_uri()
+
+
 def client(uri: str | None = None) -> MlflowClient:
+    """A client of the tracking store ``uri`` and of the :func:`registry_uri` (both checked
+    reachable)."""
     uri = uri or tracking_uri()
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    registry = registry_uri(uri)  # also sets the tracking URI of mlflow's fluent API
+    if registry != uri:
+        check_reachable(registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:
@@ -109,16 +121,73 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# --- the process that owns a run: a RUNNING run whose process is gone was killed -----------
+PROCESS_TAG = "dgm.process"  # "<host> <pid> <start time in clock ticks since boot>"
+STAGE_TAGS = ("dgm.stage", "dgm.model")  # what names a stage's runs within an experiment
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """Start time of process ``pid`` (Linux ``/proc``; None if gone or unknown)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> str | None:
+    """The :data:`PROCESS_TAG` value of this process (None where ``/proc`` is missing)."""
+    started = process_start_ticks(os.getpid())
+    return None if started is None else f"{socket.gethostname()} {os.getpid()} {started}"
+
+
+def is_gone(owner: str) -> bool:
+    """A :data:`PROCESS_TAG` names a process of this host that no longer runs (a process
+    of another host, or an unreadable tag, is never called gone)."""
+    try:
+        host, pid, started = owner.split()
+        if host != socket.gethostname():
+            return False
+        return process_start_ticks(int(pid)) != started
+    except ValueError:
+        return False
+
+
+def close_stale_runs(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> list[str]:
+    """Mark KILLED the RUNNING runs of this stage (same :data:`STAGE_TAGS`) whose process,
+    on this host, is gone (a SIGKILLed ``dvc repro``), and their RUNNING child runs; return
+    their ids."""
+    clauses = ["attributes.status = 'RUNNING'",
+               f"tags.`{PROCESS_TAG}` LIKE '{socket.gethostname()} %'"]
+    clauses += [f"tags.`{k}` = '{tags[k]}'" for k in STAGE_TAGS if k in tags]
+    stale = [r for r in c.search_runs([exp_id], " and ".join(clauses), max_results=1000)
+             if "mlflow.parentRunId" not in r.data.tags and is_gone(r.data.tags[PROCESS_TAG])]
+    closed = []
+    for run in stale:
+        children = c.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}' "
+                                 "and attributes.status = 'RUNNING'", max_results=10_000)
+        for r in [run, *children]:
+            c.set_tag(r.info.run_id, "dgm.end_reason",
+                      "its process ended without closing it (killed); closed by the next run")
+            c.set_terminated(r.info.run_id, status="KILLED")
+            closed.append(r.info.run_id)
+    return closed
+
+
 @timed("mlflow")
 def start_run(
     experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
     uri: str | None = None,
 ) -> str:
-    """Create a run with flattened params and tags; return its id."""
+    """Create a run with flattened params and tags, owned by this process; return its id.
+    A top-level run first closes its stage's stale runs (:func:`close_stale_runs`)."""
     uri = uri or tracking_uri()
     exp_id = ensure_experiment(experiment, uri)
     c = client(uri)
-    run = c.create_run(exp_id, run_name=run_name, tags=dict(tags))
+    if "mlflow.parentRunId" not in tags:
+        close_stale_runs(c, exp_id, tags)
+    owner = this_process()
+    run = c.create_run(exp_id, run_name=run_name,
+                       tags={**tags, **({PROCESS_TAG: owner} if owner else {})})
     flat = flatten(params)
     items = list(flat.items())
     for start in range(0, len(items), 100):
@@ -143,13 +212,17 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=batch)
 
     @timed("mlflow")
-    def log_png(self, image: np.ndarray, artifact_file: str) -> None:
-        """Log a uint8 (H, W, C) image as a PNG artifact."""
+    def log_png(self, image: np.ndarray, artifact_file: str, key: str | None = None,
+                step: int | None = None) -> None:
+        """Log a uint8 (H, W, C) image as a PNG artifact; with ``key``, also as MLflow's
+        image ``key`` at ``step`` (what the UI's step slider shows)."""
         from dgm.images import save_png
 
         with tempfile.TemporaryDirectory() as tmp:
             path = save_png(image, Path(tmp) / Path(artifact_file).name)
             self.log_file(path, str(Path(artifact_file).parent).strip("."))
+        if key is not None:
+            self.client.log_image(self.run_id, image, key=key, step=step or 0)
 
     @timed("mlflow")
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -246,6 +319,17 @@ def end_child_run(experiment: str, parent_run_id: str, key_tags: Mapping[str, st
     return None
 
 
+def last_logged_step(run_id: str, uri: str) -> int:
+    """The highest step of run ``run_id``'s metrics (0 when none was logged)."""
+    c = client(uri)
+    keys = sorted(c.get_run(run_id).data.metrics)
+    return max((m.step for m in c.get_metric_history(run_id, keys[0])), default=0) if keys else 0
+
+
 def reopen_run(run_id: str, uri: str) -> None:
-    """Mark a run RUNNING again (a resumed study's parent run)."""
-    client(uri).update_run(run_id, status="RUNNING")
+    """Mark a run RUNNING again, owned by this process (a resumed run)."""
+    c = client(uri)
+    c.update_run(run_id, status="RUNNING")
+    owner = this_process()
+    if owner:
+        c.set_tag(run_id, PROCESS_TAG, owner)

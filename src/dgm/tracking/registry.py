@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from dgm.errors import DgmError
 from dgm.timing import timed
-from dgm.tracking.mlflow_runs import client, tracking_uri
+from dgm.tracking.mlflow_runs import client, registry_uri, tracking_uri
 from dgm.tracking.names import parse_model_uri
 
 CHAMPION = "champion"
@@ -115,8 +115,11 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
         return
     ref = parse_model_uri(model_uri)
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise DgmError(f"model {model_uri} does not exist: there is no MLflow store at {uri}")
+    registry = registry_uri(uri)
+    if registry.startswith("sqlite:///") and not Path(
+            registry.removeprefix("sqlite:///")).is_file():
+        raise DgmError(f"model {model_uri} does not exist: there is no MLflow store at "
+                       f"{registry}")
     c = client(uri)
     try:
         if ref.alias is not None:
@@ -128,6 +131,7 @@ def resolve_model_uri(model_uri: str, uri: str | None = None) -> None:
         else:
             c.get_registered_model(ref.name)
     except MlflowException:
-        raise DgmError(f"model {model_uri} does not exist in the registry at {uri}") from None
+        raise DgmError(f"model {model_uri} does not exist in the registry at {registry}"
+                       ) from None
     except Exception as exc:  # unreachable server and the like
         raise DgmError(f"cannot reach the MLflow registry: {str(exc).splitlines()[0]}") from None

@@ -34,8 +34,9 @@ class Tracking:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         self._run(run_id).log_metrics(metrics, step=step)
 
-    def log_png(self, run_id: str, image: np.ndarray, artifact_file: str) -> None:
-        self._run(run_id).log_png(image, artifact_file)
+    def log_png(self, run_id: str, image: np.ndarray, artifact_file: str,
+                key: str | None = None, step: int | None = None) -> None:
+        self._run(run_id).log_png(image, artifact_file, key=key, step=step)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._run(run_id).set_tags(tags)

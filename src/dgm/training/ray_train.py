@@ -51,6 +51,7 @@ from dgm.models.base import ModelConfigBase
 from dgm.models.generator import save_generator
 from dgm.models.registry import build_model, config_from_dict
 from dgm.paths import atomic_path
+from dgm.signals import run_interruptibly
 from dgm.storage import storage_location
 from dgm.timing import add, phase
 from dgm.training.callbacks import EpochCallback, active
@@ -262,8 +263,8 @@ def fit(
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
     apply_train_environment(train_config.report_interval_s)
     try:
-        with phase("ray_train"):
-            result = trainer.fit()
+        with phase("ray_train"):  # Ctrl-C / SIGTERM: KeyboardInterrupt here, not sys.exit
+            result = run_interruptibly(trainer.fit, "ray-train-fit")
     except ray.train.TrainingFailedError as exc:
         raise DgmError(f"training failed: {root_cause(exc)}") from None
     if result.checkpoint is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,12 @@ def _log_curves_png(logger, curves: list[dict[str, Any]], key: str) -> None:
     logger.log_lines(series, "study/curves.png", "epoch", key, marker="o", legend_fontsize=6)
 
 
-def tuned_config(model_config, best_file: Path, model_name: str, quiet: bool = False):
+def tuned_config(model_config, best_file: Path, model_name: str, quiet: bool = False,
+                 keep: Collection[str] = ()):
     """``model_config`` with the best params of ``best_file`` (the `tune` stage's
-    ``best.yaml``) applied when it tuned the model; returns (config, the record or None)."""
+    ``best.yaml``) applied when it tuned the model, except the keys in ``keep`` (values the
+    user set explicitly, which win); one line says what was applied and what was kept.
+    Returns (config, the record (with the ``kept`` keys, if any) or None)."""
     from dgm.errors import DgmError
     from dgm.tuning.space import apply_overrides
 
@@ -119,12 +123,22 @@ def tuned_config(model_config, best_file: Path, model_name: str, quiet: bool = F
     record = yaml.safe_load(best_file.read_text()) or {}
     if not record.get("tuned"):
         return model_config, None
+    tuned = record.get("params") or {}
+    applied = {k: v for k, v in tuned.items() if k not in keep}
+    kept = {k: getattr(model_config, k, None) for k in tuned if k in keep}
+    replaced = {k: getattr(model_config, k, None) for k in applied}
     try:
-        model_config = apply_overrides(model_config, record.get("params") or {})
+        model_config = apply_overrides(model_config, applied)
     except DgmError as exc:
         raise DgmError(f"{best_file}: the tuned params do not fit models.{model_name}: {exc}"
                        ) from None
     if not quiet:
-        print(f"{model_name}: tuned params from {best_file.name} ({record.get('study')}): "
-              + ", ".join(f"{k}={v}" for k, v in (record.get("params") or {}).items()))
-    return model_config, record
+        line = (f"{model_name}: tuned params from {best_file.name} ({record.get('study')}) "
+                "win over the params file's: " + (", ".join(
+                    f"{k}={v}" + (f" (params: {replaced[k]})" if replaced[k] != v else "")
+                    for k, v in applied.items()) or "none applied"))
+        if kept:
+            line += "; your --params value wins for " + ", ".join(
+                f"{k}={v} (tuned: {tuned[k]})" for k, v in kept.items())
+        print(line)
+    return model_config, ({**record, "kept": sorted(kept)} if kept else record)
