@@ -33,8 +33,14 @@ def test_a_blocked_call_returns_its_value_or_raises_its_error():
 
 def test_ctrl_c_interrupts_the_wait_even_when_the_call_never_returns():
     blocked = threading.Event()
-    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_interruptibly(blocked.wait, "blocked")  # a handler-free wait (like Ray's get)
-    assert time.monotonic() - started < 5
+    # Python's own Ctrl-C handler (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):  # a wait without handlers, like Ray's get
+            run_interruptibly(lambda: blocked.wait(60), "blocked")
+        assert time.monotonic() - started < 5
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        blocked.set()
