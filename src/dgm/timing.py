@@ -54,13 +54,22 @@ def phases() -> dict[str, float]:
     return dict(_seconds)
 
 
+def process_start_ticks(pid: int | str = "self") -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``; None if it
+    is gone or there is no ``/proc``)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    started = process_start_ticks()
     try:
-        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        return None if started is None else uptime - int(started) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
         return None
 
 

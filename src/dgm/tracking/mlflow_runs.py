@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from dgm.errors import DgmError
 from dgm.paths import project_root
-from dgm.timing import timed
+from dgm.timing import process_start_ticks, timed
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
@@ -124,14 +124,6 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 # --- the process that owns a run: a RUNNING run whose process is gone was killed -----------
 PROCESS_TAG = "dgm.process"  # "<host> <pid> <start time in clock ticks since boot>"
 STAGE_TAGS = ("dgm.stage", "dgm.model")  # what names a stage's runs within an experiment
-
-
-def process_start_ticks(pid: int) -> str | None:
-    """Start time of process ``pid`` (Linux ``/proc``; None if gone or unknown)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def this_process() -> str | None:
