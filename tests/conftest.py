@@ -6,13 +6,14 @@ import functools
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -221,24 +222,28 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float
 
 @contextmanager
 def server_process(command: list[str], ready_url: str, log: Path, env: dict[str, str],
-                   cwd: Path | None = None) -> Iterator[None]:
-    """Run the server ``command`` for the block, entered once ``ready_url`` answers 200.
+                   cwd: Path | None = None, timeout: float = 120) -> Iterator[subprocess.Popen]:
+    """Run the server ``command`` (in a process group of its own, yielded) for the block,
+    entered once ``ready_url`` answers 200.
 
     Its executables (``uvicorn`` for MLflow) come from this interpreter's environment,
     activated or not; the log goes to ``log``."""
     process = subprocess.Popen(
         command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
         env={**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                            f"{os.environ.get('PATH', '')}"})
+                            f"{os.environ.get('PATH', '')}"}, start_new_session=True)
     try:
-        wait_for_http(ready_url, process, log)
-        yield
+        wait_for_http(ready_url, process, log, timeout)
+        yield process
     finally:
         process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+        with suppress(ProcessLookupError):  # what it started (e.g. uvicorn's workers)
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -247,6 +252,15 @@ def mlflow_server(directory: Path, artifacts: str | None = None,
     """A real ``mlflow server`` on 127.0.0.1 at a free port: SQLite backend store under
     ``directory``, artifacts proxied over HTTP to ``artifacts`` (default: a directory under
     ``directory``; an ``s3://`` URI with ``env``'s AWS settings). Yields its URI."""
+    with mlflow_server_process(directory, artifacts, env) as (uri, _):
+        yield uri
+
+
+@contextmanager
+def mlflow_server_process(directory: Path, artifacts: str | None = None,
+                          env: dict[str, str] | None = None
+                          ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """:func:`mlflow_server`, yielding (its URI, its process: the leader of its group)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -257,8 +271,9 @@ def mlflow_server(directory: Path, artifacts: str | None = None,
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(env or {})}
     if "AWS_ENDPOINT_URL" in env:  # MLflow's S3 client reads its own variable
         env["MLFLOW_S3_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL"]
-    with server_process(command, f"{uri}/health", directory / "server.log", env, directory):
-        yield uri
+    with server_process(command, f"{uri}/health", directory / "server.log", env,
+                        directory) as process:
+        yield uri, process
 
 
 @pytest.fixture(scope="module")

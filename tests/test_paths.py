@@ -202,3 +202,21 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     finally:
         live.kill()
         live.wait(timeout=30)
+
+
+def test_an_experiment_copy_keeps_its_stores_in_the_repository(tmp_path, monkeypatch):
+    from dgm.paths import home_root
+    from dgm.tracking.mlflow_runs import tracking_uri
+
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert home_root(copy) == copy  # not run by DVC: the project is where it is
+    monkeypatch.setenv("DVC_ROOT", str(repo))  # what DVC sets for `dvc exp run --temp`
+    assert home_root(copy) == repo.resolve()
+    assert tracking_uri(copy) == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    assert home_root(repo) == repo  # the workspace run: DVC_ROOT is the project itself
+    elsewhere = tmp_path / "other"
+    assert home_root(elsewhere) == elsewhere  # a DVC_ROOT of another project: ignored

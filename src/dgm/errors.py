@@ -7,3 +7,7 @@ class DgmError(Exception):
 
 class TrainingDiverged(DgmError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
+class TrackingUnreachable(DgmError):
+    """The MLflow tracking server stopped answering (after MLflow's bounded retries)."""

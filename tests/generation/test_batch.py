@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -16,6 +21,7 @@ from dgm.generation.batch import generate, shard_counts, shard_name
 from dgm.models.generator import save_generator
 from dgm.models.registry import build_model
 from dgm.models.vae import VAEConfig
+from dgm.paths import sole_writer
 from dgm.tracking.mlflow_runs import start_run
 from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.registry import register_generator
@@ -109,6 +115,57 @@ def test_replaces_an_existing_output(champion, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     assert pq.read_table(out).num_rows == 150
     assert sorted(p.name for p in tmp_path.iterdir() if "s." in p.name) == ["s.parquet", "s.png"]
+
+
+DGM = Path(sys.executable).parent / "dgm"
+BUSY = "is being written by another process; wait for it to finish or choose another output"
+
+
+def start_generate(store, champion, out: Path, seed: int) -> subprocess.Popen:
+    """``dgm generate`` in a process of its own (the real CLI, as a second user would)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store[1], "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [DGM, "generate", "--model-uri", champion, "--num-samples", "40000", "--shard-size",
+         "4000", "--batch-size", "400", "--seed", str(seed), "--output", out], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_second_writer_of_one_output_is_refused_in_one_line(store, champion, tmp_path):
+    out = tmp_path / "s.parquet"
+    run(champion, tmp_path, "s.parquet", 200, shard_size=100)
+    before = images(out)
+    with sole_writer(out):  # another process's generate, still writing
+        child = start_generate(store, champion, out, seed=1)
+        _, err = child.communicate(timeout=120)
+    assert child.returncode == 2
+    assert err == f"dgm: error: {out} {BUSY}\n"
+    assert images(out) == before  # the first writer's output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet", "s.png"]  # no lock left
+
+
+def test_two_generates_to_one_output_leave_one_complete_result(store, champion, tmp_path):
+    """Started together: whichever order they reach the output in, it ends as exactly one
+    run's shards and that run's grid; a refused run says so in one line."""
+    references = {seed: run(champion, tmp_path / f"ref{seed}", "r.parquet", 40000, seed=seed,
+                            shard_size=4000) for seed in (1, 2)}
+    out = tmp_path / "both" / "s.parquet"
+    children = {seed: start_generate(store, champion, out, seed) for seed in (1, 2)}
+    outcomes = {seed: (child.wait(timeout=240), child.stderr.read())
+                for seed, child in children.items()}
+    for child in children.values():
+        child.stdout.close()
+        child.stderr.close()
+    assert any(rc == 0 for rc, _ in outcomes.values()), outcomes
+    for rc, err in outcomes.values():
+        assert (rc, err) in ((0, ""), (2, f"dgm: error: {out} {BUSY}\n")), (rc, err)
+    shards = sorted(p.name for p in out.iterdir())
+    assert shards == [shard_name(k, 10) for k in range(10)]
+    grid = np.asarray(Image.open(out.with_suffix(".png")))
+    matches = [seed for seed, ref in references.items()
+               if images(out) == images(ref.output)
+               and np.array_equal(grid, np.asarray(Image.open(ref.grid)))]
+    assert len(matches) == 1  # one run's shards and grid, not a mix
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.parquet", "s.png"]
 
 
 def test_shard_helpers():

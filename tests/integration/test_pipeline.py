@@ -264,3 +264,31 @@ def test_changing_code_a_stage_runs_makes_it_stale(pipeline_repo):
         assert stale <= listed, path
         assert fresh not in listed and "prepare" not in listed, path
     assert dvc_status(repo, env) == set()  # restored: up to date again
+
+
+def test_an_experiment_in_a_temporary_copy_keeps_its_run_registry_entry_and_ray_results(
+        pipeline_repo):
+    """`dvc exp run --temp` works in a copy under .dvc/tmp/exps that DVC deletes afterwards;
+    with the default store (no MLFLOW_TRACKING_URI) its MLflow run, registered version and
+    Ray Train results must land in the repository, and `dvc exp show` list its metrics."""
+    from mlflow.tracking import MlflowClient
+
+    repo, env, _ = pipeline_repo
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    results = repo / "artifacts" / "ray_results"
+    before = set(results.glob("digits-gan-*"))
+    run(["dvc", "exp", "run", "--temp", "-n", "temp-exp", "-S",
+         "configs/params.yaml:train.epochs=1", "register@gan"], repo, env)
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*"))  # the copy is gone
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dgm-digits")
+    (trained,) = client.search_runs([experiment.experiment_id], "tags.`dgm.stage` = 'train'")
+    assert trained.info.status == "FINISHED" and trained.data.params["train.epochs"] == "1"
+    (version,) = client.search_model_versions("name = 'dgm-digits-gan'")
+    assert version.run_id == trained.info.run_id
+    assert client.get_model_version_by_alias("dgm-digits-gan", "champion").version == (
+        version.version)
+    assert set(results.glob("digits-gan-*")) - before  # the exp's Train run, resumable here
+    shown = run(["dvc", "exp", "show", "--csv"], repo, env).stdout
+    header, *rows = shown.splitlines()
+    assert "fid" in header and any(row.startswith("temp-exp,") for row in rows), shown

@@ -10,8 +10,12 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from dgm.errors import DgmError
 from dgm.tracking.mlflow_runs import (
+    HTTP_DEFAULTS,
     PROCESS_TAG,
+    check_reachable,
+    client,
     is_gone,
     reopen_run,
     start_child_run,
@@ -84,3 +88,92 @@ def test_child_runs_never_close_their_siblings(tracking_uri):
     first = start_child_run("dgm-test", parent, "t0", {"dgm.trial": "0"}, {}, {}, tracking_uri)
     start_child_run("dgm-test", parent, "t1", {"dgm.trial": "1"}, {}, {}, tracking_uri)
     assert MlflowClient(tracking_uri).get_run(first).info.status == "RUNNING"
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate, answering ``/health``
+    with 200 (as an MLflow server does); (its URL, the certificate's PEM path)."""
+    import datetime
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server hook
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert_path
+    server.shutdown()
+
+
+@pytest.mark.parametrize("setting", [None, "insecure", "cert_path"])
+def test_the_reachability_probe_honours_mlflows_tls_settings(https_server, monkeypatch,
+                                                              setting):
+    uri, cert = https_server
+    for name in ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    if setting == "insecure":
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    elif setting == "cert_path":
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    probe = check_reachable.__wrapped__  # uncached: each setting probes again
+    if setting is None:  # a self-signed certificate is refused, in one line
+        with pytest.raises(DgmError) as error:
+            probe(uri)
+        message = str(error.value)
+        assert message.startswith(f"cannot reach the MLflow tracking server at {uri}: ")
+        assert "CERTIFICATE_VERIFY_FAILED" in message and "\n" not in message
+    else:
+        probe(uri)
+
+
+def test_mlflows_http_retries_are_bounded_unless_the_user_set_them(tracking_uri, monkeypatch):
+    for name in HTTP_DEFAULTS:  # set, then removed: restored after the test either way
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")
+    client(tracking_uri)
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 3  # MLflow's own default: 7
+    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1  # MLflow's own default: 2
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 99  # the user's setting wins

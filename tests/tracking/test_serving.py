@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -121,3 +122,43 @@ def test_rest_generation_from_mlflow_models_serve(served_champion):
     # a label outside the classes is the client's error, with the reason
     status, body = post(url, {"dataframe_records": [{"num_samples": 2, "label": 10}]})
     assert status >= 400 and "labels must lie in 0..9" in json.dumps(body)
+
+
+def virtualenv_unavailable() -> str | None:
+    """None when MLflow's virtualenv environment manager can build an environment here."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "virtualenv").exists() and not shutil.which("virtualenv"):
+        return "the virtualenv package is not installed (pip install -e '.[test]')"
+    if not shutil.which("pyenv") and not shutil.which("uv") and not Path(
+            "~/.pyenv/bin/pyenv").expanduser().exists():
+        return "neither pyenv nor uv is available to provide the model's Python"
+    return None
+
+
+@pytest.mark.skipif(virtualenv_unavailable() is not None,
+                    reason=str(virtualenv_unavailable()))
+def test_the_champion_serves_from_its_own_virtualenv(tmp_path, tracking_uri):
+    """`mlflow models serve` with its default kind of environment: MLflow builds a fresh
+    virtualenv from the model's requirements (from the configured package index) and dgm
+    comes with the model (``code_paths``), not from this environment."""
+    config = GANConfig(width=8, latent_dim=4)
+    model_uri, model, _ = logged(tmp_path, tracking_uri, config, "gan")
+    register_generator(model_uri, "dgm-test-gan", "fid", 1.0)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+               "-m", "models:/dgm-test-gan@champion", "--env-manager", "virtualenv",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    bin_dirs = [str(Path(sys.executable).parent), str(Path("~/.pyenv/bin").expanduser())]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "MLFLOW_ENV_ROOT": str(tmp_path / "envs"),  # a fresh environment, built here
+           "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])}
+    with server_process(command, f"{base}/ping", tmp_path / "serve.log", env,
+                        cwd=tmp_path, timeout=900):  # no dgm checkout in sight; pip installs
+        status, body = post(f"{base}/invocations", {"inputs": {"num_samples": 16, "seed": 5}})
+    assert status == 200, body
+    np.testing.assert_array_equal(np.asarray(body["predictions"], dtype=np.uint8),
+                                  sample_uint8(model, 16, 5))
+    (environment,) = (tmp_path / "envs").glob("mlflow-*")
+    served_dgm = list(environment.glob("lib/python*/site-packages/dgm*"))
+    assert served_dgm == []  # dgm is not installed there: it travels with the model

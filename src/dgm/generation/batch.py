@@ -24,7 +24,7 @@ from dgm.data.parquet import DatasetMeta, images_to_table, schema
 from dgm.errors import DgmError
 from dgm.images import save_grid
 from dgm.models.generator import batch_seed
-from dgm.paths import atomic_path
+from dgm.paths import atomic_path, sole_writer
 
 GRID_IMAGES = 64
 SHARD_SIZE = 50_000
@@ -176,10 +176,19 @@ def generate(
     ``RAY_ADDRESS``), on any node: the model's files are shipped to them and their shards
     stream back to this process, byte-identical to one worker's. ``label``: the class every
     image of a conditional model shows (None: classes drawn by the seed). The directory
-    appears only when complete.
+    appears only when complete; a second ``generate`` to the same output while this one
+    runs is refused (its shards and grid would mix with these).
     """
     output = Path(output)
     _check(num_samples, output, batch_size, shard_size, workers)
+    with sole_writer(output):
+        return _generate(model_uri, num_samples, output, seed, batch_size, progress,
+                         shard_size, workers, label)
+
+
+def _generate(model_uri: str, num_samples: int, output: Path, seed: int, batch_size: int,
+              progress: bool, shard_size: int, workers: int,
+              label: int | None) -> GenerationResult:
     from dgm.tracking.mlflow_runs import tracking_uri
     from dgm.tracking.registry import resolve_model_uri
 

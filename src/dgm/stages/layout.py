@@ -9,7 +9,7 @@ from typing import Any
 
 from dgm.config import Params
 from dgm.errors import DgmError
-from dgm.paths import atomic_path, plain_name, project_root
+from dgm.paths import atomic_path, home_root, plain_name, project_root
 from dgm.storage import ClusterConfig, storage_location
 
 
@@ -62,8 +62,10 @@ class Layout:
 
     @property
     def ray_storage(self) -> Path:
-        """Ray Train and Tune results of a one-machine run (``cluster.storage: null``)."""
-        return self.artifacts / "ray_results"
+        """Ray Train and Tune results of a one-machine run (``cluster.storage: null``), in
+        the repository's ``artifacts/`` even for an experiment DVC runs in a temporary copy
+        (:func:`~dgm.paths.home_root`)."""
+        return home_root(self.root) / "artifacts" / "ray_results"
 
     def ray_storage_of(self, cluster: ClusterConfig) -> str:
         """Where Ray Train and Tune keep runs: ``cluster.storage`` (a URI, or a path every

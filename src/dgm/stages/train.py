@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from dgm.config import Params
 from dgm.data.parquet import count_rows, read_meta
-from dgm.errors import DgmError
+from dgm.errors import DgmError, TrackingUnreachable
 from dgm.models.registry import check_classes
 from dgm.stages.layout import Layout, layout, read_json, write_json
 from dgm.storage import run_to_resume, timestamp
@@ -55,6 +56,19 @@ def lineage(params: Params, model_name: str, lay: Layout, config=None) -> dict[s
                            evaluator_file=lay.evaluator_dir / "classifier.pt",
                            model_config=config, train_config=params.train,
                            stage=f"train@{model_name}")
+
+
+@contextlib.contextmanager
+def run_left_running(error: BaseException | None) -> Iterator[None]:
+    """Record a failed run's end; when the tracking server does not answer, say so in one
+    line (``error``'s, if it is one of dgm's): the run stays RUNNING until the next run of
+    the stage on this host closes it as KILLED (:func:`~dgm.tracking.mlflow_runs.start_run`)."""
+    try:
+        yield
+    except TrackingUnreachable as lost:
+        first = error if isinstance(error, DgmError) else lost
+        raise DgmError(f"{first}; the MLflow run stays RUNNING until the next `dgm train` of "
+                       "this model closes it") from None
 
 
 def run(params: Params, model_name: str, root: Path | None = None, run_name: str | None = None,
@@ -105,11 +119,13 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
                                          params.train.sample_every, logged_through)],
         )
     except KeyboardInterrupt:
-        logger.end("KILLED", "interrupted; resume with --resume")
+        with run_left_running(None):
+            logger.end("KILLED", "interrupted; resume with --resume")
         raise
     except BaseException as exc:
-        reason = logger.client.get_run(run_id).data.tags.get("dgm.failure_reason")
-        logger.end("FAILED", reason or str(exc))
+        with run_left_running(exc):
+            reason = logger.failure_reason()
+            logger.end("FAILED", reason or str(exc))
         if reason:
             raise DgmError(f"training stopped: {reason}") from None
         raise

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from dgm.errors import TrackingUnreachable
 from dgm.training.callbacks import EpochCallback
 
 GRID_SAMPLES = 64
@@ -47,4 +48,6 @@ class MLflowEpochLogger(EpochCallback):
                                   key=GRID_KEY, step=epoch)
 
     def on_failure(self, error: BaseException) -> None:
+        if isinstance(error, TrackingUnreachable):  # nowhere to write the reason to
+            return
         self.tracking.set_tags(self.run_id, {"dgm.failure_reason": str(error)})

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 import socket
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,16 @@ import numpy as np
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from dgm.errors import DgmError
-from dgm.paths import project_root
+from dgm.errors import DgmError, TrackingUnreachable
+from dgm.paths import home_root, project_root
 from dgm.timing import process_start_ticks, timed
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 def tracking_uri(root: Path | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI``, else an absolute SQLite file at the project root.
+    """``$MLFLOW_TRACKING_URI``, else an absolute SQLite file at the project root (the
+    repository's, for an experiment DVC runs in a temporary copy: :func:`home_root`).
 
     Absolute, because Ray workers run in another directory and a relative
     ``sqlite:///mlflow.db`` would silently create a second store there.
@@ -35,7 +36,7 @@ def tracking_uri(root: Path | None = None) -> str:
     if uri:
         check_store_kind(uri)
         return uri
-    return f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+    return f"sqlite:///{home_root(root or project_root()) / 'mlflow.db'}"
 
 
 def check_store_kind(uri: str) -> None:
@@ -57,21 +58,45 @@ def is_sqlite_store(uri: str) -> bool:
 REACH_TIMEOUT_S = 4.0
 
 
+# MLflow's HTTP client retries a failed call 7 times with a doubling back-off (minutes per
+# call against a dead server, and a training run logs every epoch): dgm's defaults give up
+# after ~10 s; a user's own settings of these variables win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def short_reason(exc: BaseException) -> str:
+    """The innermost cause of an HTTP failure, e.g. ``[Errno 111] Connection refused`` or
+    ``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: …``."""
+    text = str(getattr(exc, "reason", exc)).rsplit("Caused by ", 1)[-1]
+    starts = [text.find(marker) for marker in ("[SSL", "[Errno") if marker in text]
+    text = text[min(starts):] if starts else text.rsplit(": ", 1)[-1]
+    text = re.sub(r"\s*\(_ssl\.c:\d+$", "", text.rstrip(" )'\""))  # OpenSSL's source line
+    return text[:300] or type(exc).__name__
+
+
 @functools.cache
 def check_reachable(uri: str) -> None:
     """An HTTP(S) tracking server must answer ``/health`` within ``REACH_TIMEOUT_S``: one
-    line now instead of MLflow's minutes of retries (checked once per process)."""
+    line now instead of MLflow's minutes of retries (checked once per process). The probe
+    is MLflow's own HTTP client, so its TLS settings (``MLFLOW_TRACKING_INSECURE_TLS``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH``, a client certificate) and credentials apply."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError as exc:
+        response = http_request(get_default_host_creds(uri.rstrip("/")), "/health", "GET",
+                                max_retries=0, timeout=REACH_TIMEOUT_S,
+                                raise_on_status=False)
+    except Exception as exc:  # requests' and MLflow's errors: connection, TLS, timeout
+        raise DgmError(f"cannot reach the MLflow tracking server at {uri}: "
+                       f"{short_reason(exc)}") from None
+    if response.status_code != 200:
         raise DgmError(f"{uri} does not answer as an MLflow tracking server "
-                       f"(HTTP {exc.code} from /health)") from None
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DgmError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+                       f"(HTTP {response.status_code} from /health)")
 
 
 def registry_uri(uri: str | None = None) -> str:
@@ -85,6 +110,10 @@ def client(uri: str | None = None) -> MlflowClient:
     """A client of the tracking store ``uri`` and of the :func:`registry_uri` (both checked
     reachable)."""
     uri = uri or tracking_uri()
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # urllib3 logs every retry as a WARNING; a failure that outlasts them is one dgm line
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     check_reachable(uri)
     registry = registry_uri(uri)  # also sets the tracking URI of mlflow's fluent API
     if registry != uri:
@@ -190,20 +219,45 @@ def start_run(
     return run.info.run_id
 
 
+def reported_unreachable(method):
+    """``method`` of a :class:`RunLogger`, with a tracking server that stopped answering
+    mid-run reported as one :class:`TrackingUnreachable` line (MLflow wraps the connection
+    error of its HTTP client in an ``MlflowException`` "… failed with exception …")."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except mlflow.exceptions.MlflowException as exc:
+            if "failed with exception" not in str(exc):
+                raise
+            raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {self.uri}: "
+                                      f"{short_reason(exc)}") from None
+    return wrapper
+
+
 class RunLogger:
     """Logs metrics, images and files to one run by id (usable from any process)."""
 
     def __init__(self, run_id: str, uri: str):
         self.run_id = run_id
+        self.uri = uri
         self.client = client(uri)
 
+    @reported_unreachable
+    def failure_reason(self) -> str | None:
+        """The ``dgm.failure_reason`` tag a worker set on the run, if any."""
+        return self.client.get_run(self.run_id).data.tags.get("dgm.failure_reason")
+
     @timed("mlflow")
+    @reported_unreachable
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         batch = [mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
     @timed("mlflow")
+    @reported_unreachable
     def log_png(self, image: np.ndarray, artifact_file: str, key: str | None = None,
                 step: int | None = None) -> None:
         """Log a uint8 (H, W, C) image as a PNG artifact; with ``key``, also as MLflow's
@@ -217,6 +271,7 @@ class RunLogger:
             self.client.log_image(self.run_id, image, key=key, step=step or 0)
 
     @timed("mlflow")
+    @reported_unreachable
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path or None)
 
@@ -246,11 +301,13 @@ class RunLogger:
         plt.close(fig)
 
     @timed("mlflow")
+    @reported_unreachable
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
     @timed("mlflow")
+    @reported_unreachable
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if reason:
             self.client.set_tag(self.run_id, "dgm.failure_reason", reason[:5000])

@@ -50,7 +50,8 @@ def generator_input_example():
 
 @timed("mlflow")
 def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str) -> str:
-    """Log ``generator.pt`` as a pyfunc model ("models from code"); return its model URI."""
+    """Log ``generator.pt`` as a pyfunc model ("models from code", with the dgm package as
+    its code); return its model URI."""
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = mlflow.pyfunc.log_model(
@@ -60,17 +61,22 @@ def log_generator(run_id: str, generator_file: str | Path, image_shape, uri: str
             signature=generator_signature(image_shape),
             input_example=generator_input_example(),
             pip_requirements=_requirements(),
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the dgm package
         )
     # Leaving the ``with`` block ends the run as FINISHED; the caller decides the final status.
     return info.model_uri
 
 
+# What the pyfunc imports, pinned to this environment's versions; dgm itself travels with
+# the model (``code_paths``), so the requirements resolve on any package index and
+# ``mlflow models serve`` / ``build-docker`` work with their default environment managers.
+SERVING_PACKAGES = ("torch", "numpy", "mlflow", "pydantic", "pyarrow")
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "numpy", "mlflow", "pydantic")] + [
-        f"dgm=={version('dgm')}"
-    ]
+    return [f"{pkg}=={version(pkg)}" for pkg in SERVING_PACKAGES]
 
 
 def _request_values(model_input: Any, params: dict | None, defaults: dict) -> dict:

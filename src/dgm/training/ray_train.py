@@ -243,6 +243,16 @@ def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: s
     )
 
 
+def worker_error(exc: BaseException) -> str | None:
+    """The message of a :class:`DgmError` a Train worker raised (its one line, without Ray's
+    traceback), if one did."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", failure)  # a RayTaskError wraps the original
+        if isinstance(cause, DgmError):
+            return str(cause)
+    return None
+
+
 def fit(
     *,
     dataset_dir: Path,
@@ -266,7 +276,7 @@ def fit(
         with phase("ray_train"):  # Ctrl-C / SIGTERM: KeyboardInterrupt here, not sys.exit
             result = run_interruptibly(trainer.fit, "ray-train-fit")
     except ray.train.TrainingFailedError as exc:
-        raise DgmError(f"training failed: {root_cause(exc)}") from None
+        raise DgmError(f"training failed: {worker_error(exc) or root_cause(exc)}") from None
     if result.checkpoint is None:
         raise DgmError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
