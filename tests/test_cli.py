@@ -153,6 +153,19 @@ def test_unknown_dataset(fast_dgm, workdir):
     ("evaluate:\n  seed: 18446744073709551616\n", "evaluate.seed"),
     ("data:\n  name: ../../outside\n", "data.name '../../outside' is not a plain name"),
     ("models:\n  ../gan: {family: gan}\n", "models: key '../gan' is not a plain name"),
+    # numbers that validate as numbers but not as settings: non-finite or absurd
+    ("models:\n  gan:\n    lr_g: .inf\n", "models.gan.lr_g: Input should be a finite number"),
+    ("models:\n  vae:\n    beta: .nan\n", "models.vae.beta: Input should be a finite number"),
+    ("models:\n  gan:\n    lr_d: 1.0e+6\n", "models.gan.lr_d: Input should be less than or equal "
+                                              "to 1"),
+    ("models:\n  gan:\n    latent_dim: 1000000000\n", "models.gan.latent_dim: Input should be "
+                                                      "less than or equal to 4096"),
+    ("models:\n  vae:\n    hidden: [200, 100000000]\n", "models.vae.hidden.1: Input should be "
+                                                         "less than or equal to 65536"),
+    ("models:\n  rbm:\n    gibbs_steps: 1.0e+12\n", "models.rbm.gibbs_steps"),
+    ("train:\n  epochs: 100000000000\n", "train.epochs: Input should be less than or equal"),
+    ("train:\n  lr_schedule: {kind: step, gamma: .inf}\n", "train.lr_schedule.gamma"),
+    ("evaluate:\n  metric_options: {k: .nan}\n", "evaluate.metric_options.k"),
 ])
 def test_bad_config(fast_dgm, workdir, yaml_text, key):
     bad = workdir / "configs" / "bad.yaml"

@@ -11,6 +11,6 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="a random seed: 0 .. 
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors."""
+    """A config section: unknown keys are errors, and so are inf and nan."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -15,6 +15,11 @@ from torch import nn
 
 from dgm.errors import DgmError, TrainingDiverged
 
+# Sane upper bounds of the families' sizes: beyond them a config only exhausts memory.
+MAX_LATENT = 4096  # latent dimensions
+MAX_WIDTH = 1024  # channels nearest the image (doubled per block, at most 8x)
+MAX_UNITS = 65_536  # units of one fully connected layer (VAE mlp, RBM hidden)
+
 ImageShape = tuple[int, int, int]  # (channels, height, width)
 # Wraps one network for distributed training (e.g. Ray's ``prepare_model``): (module, ddp_kwargs).
 WrapFn = Callable[[nn.Module, dict[str, Any]], nn.Module]
@@ -27,30 +32,34 @@ class ModelConfigBase(BaseModel):
     ``grad_clip`` (clip each update's total gradient norm; null: no clipping) and
     ``max_grad_norm`` (a larger or non-finite norm stops training as diverged), and the
     overfitting controls ``dropout`` (rate in the family's networks) and ``weight_decay``.
+    Every number has a finite, sane range (inf and nan are refused): a value that
+    validates trains.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    grad_clip: float | None = Field(None, gt=0)
-    max_grad_norm: float = Field(1e6, gt=0)
+    grad_clip: float | None = Field(None, gt=0, le=1e6)
+    max_grad_norm: float = Field(1e6, gt=0, le=1e9)
     dropout: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1)
 
 
 class ConditionalConfigBase(ModelConfigBase):
     """Config of a family that can be class-conditional (labels in training and sampling)."""
 
     conditional: bool = False
-    num_classes: int = Field(10, gt=1, description="conditional: classes of the dataset")
+    num_classes: int = Field(10, gt=1, le=100_000,
+                             description="conditional: classes of the dataset")
 
 
 class ScheduleConfig(BaseModel):
     """Learning-rate decay applied to every optimizer of a model, stepped once per epoch."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["none", "step", "exponential", "cosine"] = "none"
-    step_epochs: int = Field(10, gt=0, description="step: decay every this many epochs")
+    step_epochs: int = Field(10, gt=0, le=1_000_000,
+                             description="step: decay every this many epochs")
     gamma: float = Field(0.5, gt=0, le=1, description="step/exponential: decay factor")
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr / initial lr")
 

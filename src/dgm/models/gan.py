@@ -32,6 +32,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from dgm.models.base import (
+    MAX_LATENT,
+    MAX_WIDTH,
     ConditionalConfigBase,
     GenerativeModel,
     ImageShape,
@@ -44,26 +46,29 @@ from dgm.models.gan_networks import Discriminator, Generator
 
 class GANConfig(ConditionalConfigBase):
     family: Literal["gan"] = "gan"
-    latent_dim: int = Field(32, gt=0)
-    width: int = Field(64, gt=0, description="channels of the stage nearest the image")
+    latent_dim: int = Field(32, gt=0, le=MAX_LATENT)
+    width: int = Field(64, gt=0, le=MAX_WIDTH,
+                       description="channels of the stage nearest the image")
     architecture: Literal["dcgan", "resnet"] = Field(
         "dcgan", description="dcgan: (transposed) stride-2 convolutions; resnet: SNGAN "
         "residual blocks (images of 32 px and up)")
-    lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
+    lr_g: float = Field(2e-4, gt=0, le=1)
+    lr_d: float = Field(2e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     loss: Literal["nonsaturating", "lsgan", "wgan-gp", "hinge"] = "nonsaturating"
-    gp_weight: float = Field(10.0, ge=0, description="λ of the WGAN-GP gradient penalty")
-    n_critic: int = Field(1, gt=0, description="discriminator steps per generator step")
+    gp_weight: float = Field(10.0, ge=0, le=1e4, description="λ of the WGAN-GP gradient penalty")
+    n_critic: int = Field(1, gt=0, le=100, description="discriminator steps per generator step")
     spectral_norm: bool | None = Field(
         None, description="spectral norm in D (default: on for hinge, off otherwise)")
-    info_categorical: int = Field(0, ge=0, description="InfoGAN: categories of the code (0: none)")
-    info_continuous: int = Field(0, ge=0, description="InfoGAN: continuous U(-1, 1) codes")
-    info_weight: float = Field(1.0, ge=0, description="InfoGAN: λ of the mutual-information loss")
+    info_categorical: int = Field(0, ge=0, le=1000,
+                                  description="InfoGAN: categories of the code (0: none)")
+    info_continuous: int = Field(0, ge=0, le=1000, description="InfoGAN: continuous U(-1, 1) codes")
+    info_weight: float = Field(1.0, ge=0, le=1e3,
+                               description="InfoGAN: λ of the mutual-information loss")
     ema_decay: float | None = Field(None, gt=0, lt=1,
                                     description="EMA of G's weights for sampling (null: off)")
-    pack: int = Field(1, gt=0, description="PacGAN: D judges this many samples at once")
+    pack: int = Field(1, gt=0, le=64, description="PacGAN: D judges this many samples at once")
 
     @model_validator(mode="after")
     def _packing_is_unconditional(self) -> GANConfig:

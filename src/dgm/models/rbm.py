@@ -19,6 +19,7 @@ from torch import nn
 
 from dgm.errors import DgmError
 from dgm.models.base import (
+    MAX_UNITS,
     GenerativeModel,
     ImageShape,
     ModelConfigBase,
@@ -29,15 +30,17 @@ from dgm.models.base import (
 
 class RBMConfig(ModelConfigBase):
     family: Literal["rbm"] = "rbm"
-    hidden: int = Field(500, gt=0)
-    lr: float = Field(0.05, gt=0)
+    hidden: int = Field(500, gt=0, le=MAX_UNITS)
+    lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.5, ge=0, lt=1)
-    weight_decay: float = Field(2e-4, ge=0)
-    cd_k: int = Field(1, gt=0, description="Gibbs steps per update (CD-k / PCD-k)")
+    weight_decay: float = Field(2e-4, ge=0, le=1)
+    cd_k: int = Field(1, gt=0, le=1000, description="Gibbs steps per update (CD-k / PCD-k)")
     persistent: bool = Field(False, description="PCD: chains continue across updates")
-    persistent_chains: int = Field(100, gt=0)
-    gibbs_steps: int = Field(1000, gt=0, description="Gibbs steps per generated sample")
-    ais_betas: int = Field(10_000, gt=1, description="intermediate distributions of AIS")
+    persistent_chains: int = Field(100, gt=0, le=100_000)
+    gibbs_steps: int = Field(1000, gt=0, le=1_000_000,
+                             description="Gibbs steps per generated sample")
+    ais_betas: int = Field(10_000, gt=1, le=10_000_000,
+                           description="intermediate distributions of AIS")
 
 
 class BernoulliRBM(nn.Module):

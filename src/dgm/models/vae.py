@@ -12,7 +12,7 @@ channel). ``conditional`` VAEs (Sohn et al. 2015) see the one-hot class in encod
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch import nn
 from torch.distributions import Normal
 
 from dgm.models.base import (
+    MAX_LATENT,
+    MAX_UNITS,
+    MAX_WIDTH,
     ConditionalConfigBase,
     GenerativeModel,
     ImageShape,
@@ -38,14 +41,16 @@ _LIKELIHOOD_CHUNK = 2 ** 24
 class VAEConfig(ConditionalConfigBase):
     family: Literal["vae"] = "vae"
     architecture: Literal["conv", "mlp"] = "conv"
-    latent_dim: int = Field(16, gt=0)
-    width: int = Field(32, gt=0, description="conv: channels of the first convolution")
-    hidden: list[int] = Field(default_factory=lambda: [200, 200],
-                              description="mlp: hidden layer widths of the encoder")
-    lr: float = Field(1e-3, gt=0)
-    beta: float = Field(1.0, ge=0)
-    kl_warmup_steps: int = Field(0, ge=0, description="β ramps linearly from 0 over these")
-    iwae_samples: int = Field(1, gt=0, description="k > 1: train on the IWAE bound")
+    latent_dim: int = Field(16, gt=0, le=MAX_LATENT)
+    width: int = Field(32, gt=0, le=MAX_WIDTH,
+                       description="conv: channels of the first convolution")
+    hidden: list[Annotated[int, Field(gt=0, le=MAX_UNITS)]] = Field(
+        default_factory=lambda: [200, 200], description="mlp: hidden layer widths of the encoder")
+    lr: float = Field(1e-3, gt=0, le=1)
+    beta: float = Field(1.0, ge=0, le=1e4)
+    kl_warmup_steps: int = Field(0, ge=0, le=10**9,
+                                 description="β ramps linearly from 0 over these")
+    iwae_samples: int = Field(1, gt=0, le=10_000, description="k > 1: train on the IWAE bound")
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     binarize: bool = Field(False, description="bernoulli: dynamic binarization of pixels")
 

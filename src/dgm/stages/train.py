@@ -25,6 +25,7 @@ from dgm.tracking.mlflow_runs import (
 from dgm.tracking.names import experiment_name
 from dgm.tracking.pyfunc import log_generator
 from dgm.tracking.relay import worker_tracking
+from dgm.tracking.system_metrics import system_metrics
 from dgm.training import ray_train
 from dgm.training.loop import BOOKKEEPING_KEYS
 from dgm.tuning.results import tuned_config
@@ -112,12 +113,13 @@ def run(params: Params, model_name: str, root: Path | None = None, run_name: str
         log_dataset_input(run_id, tags, uri)
     logger = RunLogger(run_id, uri)
     try:
-        history, state = ray_train.fit(
-            dataset_dir=lay.data_dir, model_config=config, train_config=params.train,
-            storage_path=storage, run_name=run_name, cluster_storage=params.cluster.storage,
-            callbacks=[MLflowEpochLogger(run_id, worker_tracking(uri),
-                                         params.train.sample_every, logged_through)],
-        )
+        with system_metrics(run_id, uri, resume):
+            history, state = ray_train.fit(
+                dataset_dir=lay.data_dir, model_config=config, train_config=params.train,
+                storage_path=storage, run_name=run_name, cluster_storage=params.cluster.storage,
+                callbacks=[MLflowEpochLogger(run_id, worker_tracking(uri),
+                                             params.train.sample_every, logged_through)],
+            )
     except KeyboardInterrupt:
         with run_left_running(None):
             logger.end("KILLED", "interrupted; resume with --resume")

@@ -28,16 +28,17 @@ class EarlyStopping(Section):
 
 
 class TrainConfig(Section):
-    epochs: Annotated[int, Field(gt=0)] = 30
-    max_steps: Annotated[int, Field(gt=0)] | None = None  # stop at epochs or steps, first hit
+    epochs: Annotated[int, Field(gt=0, le=1_000_000)] = 30
+    # stop at epochs or max_steps, whichever first
+    max_steps: Annotated[int, Field(gt=0, le=10**10)] | None = None
     batch_size: Annotated[int, Field(gt=0)] = 64
-    num_workers: Annotated[int, Field(ge=1)] = 1
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    num_workers: Annotated[int, Field(ge=1, le=4096)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] = 1.0
     use_gpu: Literal["auto"] | bool = "auto"
     seed: Seed = 0
     sample_every: Annotated[int, Field(gt=0)] = 5
-    max_failures: Annotated[int, Field(ge=0)] = 0
-    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    max_failures: Annotated[int, Field(ge=0, le=1000)] = 0
+    checkpoints_to_keep: Annotated[int, Field(ge=1, le=1000)] = 2
     lr_schedule: ScheduleConfig = ScheduleConfig()  # every optimizer, stepped per epoch
     early_stopping: EarlyStopping = EarlyStopping()  # on a validation metric (patience null: off)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA only
@@ -47,7 +48,7 @@ class TrainConfig(Section):
     ingest: Literal["auto", "memory", "stream"] = "auto"
     # Ray Train V2 collects worker reports at this interval and each report waits for the
     # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
-    report_interval_s: Annotated[float, Field(gt=0)] = 0.1
+    report_interval_s: Annotated[float, Field(gt=0, le=3600)] = 0.1
 
     def check_batch(self, train_rows: int, workers_from: str = "train") -> None:
         """One line, before any worker starts, when ``train.batch_size`` cannot be formed:
