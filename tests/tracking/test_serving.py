@@ -82,18 +82,24 @@ def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def champion_to_serve(tmp_path: Path, uri: str, config, name: str, env_manager: str):
+    """Register ``config``'s generator as ``dgm-test-NAME@champion``: (the model, the base URL
+    it will be served at, the ``mlflow models serve`` command with ``env_manager``)."""
+    model_uri, model, _ = logged(tmp_path, uri, config, name)
+    register_generator(model_uri, f"dgm-test-{name}", "fid", 1.0)
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+               "-m", f"models:/dgm-test-{name}@champion", "--env-manager", env_manager,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return model, f"http://127.0.0.1:{port}", command
+
+
 @pytest.fixture()
 def served_champion(tmp_path, tracking_uri):
     """``mlflow models serve -m models:/dgm-test-cgan@champion`` on 127.0.0.1 (a real
     process, the local env); yields (invocations URL, the model)."""
     config = GANConfig(width=8, latent_dim=4, conditional=True)
-    model_uri, model, run_id = logged(tmp_path, tracking_uri, config, "cgan")
-    register_generator(model_uri, "dgm-test-cgan", "fid", 1.0)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
-               "-m", "models:/dgm-test-cgan@champion", "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    model, base, command = champion_to_serve(tmp_path, tracking_uri, config, "cgan", "local")
     with server_process(command, f"{base}/ping", tmp_path / "serve.log",
                         {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}):
         yield f"{base}/invocations", model
@@ -142,13 +148,7 @@ def test_the_champion_serves_from_its_own_virtualenv(tmp_path, tracking_uri):
     virtualenv from the model's requirements (from the configured package index) and dgm
     comes with the model (``code_paths``), not from this environment."""
     config = GANConfig(width=8, latent_dim=4)
-    model_uri, model, _ = logged(tmp_path, tracking_uri, config, "gan")
-    register_generator(model_uri, "dgm-test-gan", "fid", 1.0)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
-               "-m", "models:/dgm-test-gan@champion", "--env-manager", "virtualenv",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    model, base, command = champion_to_serve(tmp_path, tracking_uri, config, "gan", "virtualenv")
     bin_dirs = [str(Path(sys.executable).parent), str(Path("~/.pyenv/bin").expanduser())]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "MLFLOW_ENV_ROOT": str(tmp_path / "envs"),  # a fresh environment, built here
