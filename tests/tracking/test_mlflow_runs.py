@@ -141,6 +141,7 @@ def https_server(tmp_path_factory):
     server.shutdown()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # asked for
 @pytest.mark.parametrize("setting", [None, "insecure", "cert_path"])
 def test_the_reachability_probe_honours_mlflows_tls_settings(https_server, monkeypatch,
                                                               setting):

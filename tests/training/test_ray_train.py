@@ -15,6 +15,7 @@ from dgm.models.generator import load_generator, sample_uint8
 from dgm.stages.layout import Layout
 from dgm.stages.train import run as train
 from dgm.training import ray_train
+from dgm.training.config import TrainConfig
 
 
 @pytest.fixture()
@@ -234,3 +235,31 @@ def test_ray_trains_console_level_is_critical_unless_asked(monkeypatch):
     monkeypatch.setenv("DGM_LOG_LEVEL", "loud")
     with pytest.raises(DgmError, match="DGM_LOG_LEVEL=LOUD: not a log level"):
         train_log_level()
+
+
+def test_a_dataset_that_would_not_fit_a_workers_memory_is_refused_in_one_line():
+    cfg = TrainConfig(batch_size=64, num_workers=2)
+    pixels = 3 * 128 * 128
+    cfg.check_memory(100_000, pixels, "stream", node_bytes=8 * 2**30)  # 64 images in flight
+    with pytest.raises(DgmError) as error:  # 100 000 float32 images of 128×128×3: 18.3 GiB
+        cfg.check_memory(100_000, pixels, "memory", node_bytes=8 * 2**30)
+    assert str(error.value) == (
+        "each Ray Train worker would hold 18.3 GiB for the train and val splits as float32 "
+        "plus its batch, more than the 8.0 GiB Ray gives tasks on a node: use train.ingest: "
+        "stream (with cluster.storage), a smaller dataset or resolution")
+    cfg.check_memory(100_000, pixels, "memory", node_bytes=0)  # the cluster did not say
+    huge = TrainConfig(batch_size=10_000_000, num_workers=1)
+    with pytest.raises(DgmError, match="for its batch, more than .* a smaller train.batch_size"):
+        huge.check_memory(10**8, pixels, "stream", node_bytes=8 * 2**30)
+
+
+def test_the_memory_check_reads_the_clusters_nodes(ray_session, project):
+    """Against the real cluster's largest node: digits fit; a batch of 8×8 images that
+    (with its gradient) outgrows the node does not."""
+    data = project / "artifacts" / "data" / "digits"
+    ray_train.check_worker_memory(TrainConfig(batch_size=64, num_workers=2), data, "memory")
+    node = max(n["Resources"]["memory"] for n in ray_session.nodes() if n["Alive"])
+    batch = int(node / (2 * 4 * 64)) + 1  # float32 8×8 images, twice (input and gradient)
+    with pytest.raises(DgmError, match=rf"more than the {node / 2**30:.1f} GiB Ray gives"):
+        ray_train.check_worker_memory(TrainConfig(batch_size=batch, num_workers=1), data,
+                                      "stream")

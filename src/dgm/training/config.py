@@ -50,6 +50,23 @@ class TrainConfig(Section):
     # previous one to be collected: Ray's default (2 s) caps training at one epoch per 2 s.
     report_interval_s: Annotated[float, Field(gt=0, le=3600)] = 0.1
 
+    def check_memory(self, rows: int, pixels: int, ingest: str, node_bytes: float) -> None:
+        """One line, before any worker starts, when a worker's images alone would not fit
+        the memory Ray gives tasks on a node (``node_bytes``, the largest node's): with
+        ``ingest: memory`` each worker holds every row of the train and val splits
+        (``rows``) as float32, with either ingest its batch share and the batch's gradient
+        (``pixels``: C×H×W of one image). The networks come on top: a lower bound."""
+        share = -(-self.batch_size // self.num_workers)
+        need = 4 * pixels * ((rows if ingest == "memory" else 0) + 2 * share)
+        if node_bytes > 0 and need > node_bytes:  # 0: the cluster did not say
+            held = ("the train and val splits as float32 plus its batch" if ingest == "memory"
+                    else "its batch")
+            hint = ("train.ingest: stream (with cluster.storage), a smaller dataset or "
+                    "resolution" if ingest == "memory" else "a smaller train.batch_size")
+            raise DgmError(f"each Ray Train worker would hold {need / 2**30:.1f} GiB for "
+                           f"{held}, more than the {node_bytes / 2**30:.1f} GiB Ray gives tasks "
+                           f"on a node: use {hint}")
+
     def check_batch(self, train_rows: int, workers_from: str = "train") -> None:
         """One line, before any worker starts, when ``train.batch_size`` cannot be formed:
         more images than the train split holds (a huge batch would only exhaust the workers'

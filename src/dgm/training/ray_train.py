@@ -38,7 +38,7 @@ from dgm.cluster import (
     ship_directory,
 )
 from dgm.data.loading import load_split_tensors, to_dataset
-from dgm.data.parquet import read_images, read_meta
+from dgm.data.parquet import count_rows, read_images, read_meta
 from dgm.data.streaming import (
     STREAM_MIN_BYTES,
     ShardLoader,
@@ -243,6 +243,16 @@ def make_trainer(job: dict[str, Any], train_config: TrainConfig, storage_path: s
     )
 
 
+def check_worker_memory(cfg: TrainConfig, dataset_dir: Path, ingest: str) -> None:
+    """:meth:`TrainConfig.check_memory` against the largest live node of the Ray cluster."""
+    meta = read_meta(Path(dataset_dir) / "train")
+    rows = sum(count_rows(Path(dataset_dir) / split) for split in ("train", "val")
+               if (Path(dataset_dir) / split).is_dir())
+    nodes = [node["Resources"].get("memory", 0.0) for node in ray.nodes() if node["Alive"]]
+    channels, height, width = meta.shape_chw
+    cfg.check_memory(rows, channels * height * width, ingest, max(nodes, default=0.0))
+
+
 def worker_error(exc: BaseException) -> str | None:
     """The message of a :class:`DgmError` a Train worker raised (its one line, without Ray's
     traceback), if one did."""
@@ -268,6 +278,7 @@ def fit(
     node sees); return (history, final checkpoint state)."""
     use_gpu = prepare_cluster(train_config, "train", storage=cluster_storage)
     ingest = resolve_ingest(train_config.ingest, cluster_storage, dataset_dir)
+    check_worker_memory(train_config, dataset_dir, ingest)
     job = build_job(*training_data(dataset_dir, ingest, cluster_storage), model_config,
                     train_config, callbacks)
     trainer = make_trainer(job, train_config, storage_path, run_name, use_gpu)
