@@ -360,13 +360,13 @@ def quiet_reports() -> None:
 
 
 def root_cause(exc: BaseException) -> str:
-    """The last line of the innermost error message of a Ray error: what a user needs."""
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Diverged" in line:
-            return line.strip()[:500]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
+    """What a user needs of a Ray error: a Train worker's DgmError, else its last error line."""
+    for failure in getattr(exc, "worker_failures", {}).values():  # a Train run's workers
+        if isinstance(cause := getattr(failure, "cause", failure), DgmError):
+            return str(cause)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Diverged" in line]
+    return ((errors or lines)[-1] if lines else type(exc).__name__)[:500]
 
 
 # --- private APIs: a stopped Tune trial ends its Train run -----------------------------------

@@ -253,16 +253,6 @@ def check_worker_memory(cfg: TrainConfig, dataset_dir: Path, ingest: str) -> Non
     cfg.check_memory(rows, channels * height * width, ingest, max(nodes, default=0.0))
 
 
-def worker_error(exc: BaseException) -> str | None:
-    """The message of a :class:`DgmError` a Train worker raised (its one line, without Ray's
-    traceback), if one did."""
-    for failure in getattr(exc, "worker_failures", {}).values():
-        cause = getattr(failure, "cause", failure)  # a RayTaskError wraps the original
-        if isinstance(cause, DgmError):
-            return str(cause)
-    return None
-
-
 def fit(
     *,
     dataset_dir: Path,
@@ -287,7 +277,7 @@ def fit(
         with phase("ray_train"):  # Ctrl-C / SIGTERM: KeyboardInterrupt here, not sys.exit
             result = run_interruptibly(trainer.fit, "ray-train-fit")
     except ray.train.TrainingFailedError as exc:
-        raise DgmError(f"training failed: {worker_error(exc) or root_cause(exc)}") from None
+        raise DgmError(f"training failed: {root_cause(exc)}") from None
     if result.checkpoint is None:
         raise DgmError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as directory:
