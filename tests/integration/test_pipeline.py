@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -292,3 +294,36 @@ def test_an_experiment_in_a_temporary_copy_keeps_its_run_registry_entry_and_ray_
     shown = run(["dvc", "exp", "show", "--csv"], repo, env).stdout
     header, *rows = shown.splitlines()
     assert "fid" in header and any(row.startswith("temp-exp,") for row in rows), shown
+
+
+def test_a_queued_experiment_keeps_its_run_in_the_repository_store(pipeline_repo):
+    """`dvc exp run --queue`, then `dvc queue start`: DVC's queue worker runs it in its own
+    copy under .dvc/tmp/exps, which it deletes; with the default store its MLflow run (here
+    the `evaluator` stage's, one epoch) lands in the repository's mlflow.db, and `dvc exp
+    show` lists its metrics."""
+    repo, env, _ = pipeline_repo
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-exp", "-S",
+         "configs/params.yaml:evaluator.epochs=1", "evaluator"], repo, env)
+    run(["dvc", "queue", "start"], repo, env)
+    deadline, status = time.monotonic() + 600, ""
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo, env).stdout
+        if "queued-exp" in status and any(word in status for word in ("Success", "Failed")):
+            break
+        time.sleep(3)
+    logs = subprocess.run(["dvc", "queue", "logs", "queued-exp"], cwd=repo, env=env,
+                          capture_output=True, text=True).stdout
+    assert "Success" in status, f"{status}\n{logs[-4000:]}"
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dgm-digits")
+    runs = client.search_runs([experiment.experiment_id], "tags.`dgm.stage` = 'evaluator'")
+    assert [r.data.params["evaluator.epochs"] for r in runs] == ["1"]
+    assert runs[0].info.status == "FINISHED"
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*"))
+    shown = run(["dvc", "exp", "show", "--csv"], repo, env).stdout
+    (row,) = [r for r in csv.DictReader(io.StringIO(shown)) if r["Experiment"] == "queued-exp"]
+    shown_accuracy = {row[c] for c in row if c.split(":")[-1] == "test_accuracy" and row[c]}
+    # the store's run is the queued experiment's own: the same one-epoch accuracy
+    assert [float(a) for a in shown_accuracy] == pytest.approx(
+        [runs[0].data.metrics["test_accuracy"]], abs=1e-6), (shown_accuracy, row)

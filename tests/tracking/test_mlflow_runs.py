@@ -3,17 +3,20 @@ KILLED by the next run of its stage."""
 
 from __future__ import annotations
 
+import http.server
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dgm.errors import DgmError
+from dgm.errors import DgmError, TrackingUnreachable
 from dgm.tracking.mlflow_runs import (
     HTTP_DEFAULTS,
     PROCESS_TAG,
+    RunLogger,
     check_reachable,
     client,
     is_gone,
@@ -178,3 +181,30 @@ def test_mlflows_http_retries_are_bounded_unless_the_user_set_them(tracking_uri,
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 3  # MLflow's own default: 7
     assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1  # MLflow's own default: 2
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 99  # the user's setting wins
+
+
+def test_a_server_that_stopped_answering_is_one_line_from_every_run_logger_call(monkeypatch):
+    """What MLflow's client raises for a refused connection (matched by its wording, which
+    this pins) becomes one TrackingUnreachable line naming the server."""
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler's API
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)  # answers the start-up probe
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    logger = RunLogger("0" * 32, uri)
+    server.shutdown()
+    server.server_close()  # from here on the port refuses connections
+    for call in (lambda: logger.log_metrics({"loss": 1.0}, step=1), logger.failure_reason):
+        with pytest.raises(TrackingUnreachable) as error:
+            call()
+        message = str(error.value)
+        assert message.startswith(f"cannot reach the MLflow tracking server at {uri}: ")
+        assert "Connection refused" in message and "\n" not in message

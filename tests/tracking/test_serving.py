@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -162,3 +163,39 @@ def test_the_champion_serves_from_its_own_virtualenv(tmp_path, tracking_uri):
     (environment,) = (tmp_path / "envs").glob("mlflow-*")
     served_dgm = list(environment.glob("lib/python*/site-packages/dgm*"))
     assert served_dgm == []  # dgm is not installed there: it travels with the model
+
+
+def test_the_champion_has_a_self_contained_docker_build_context(tmp_path, tracking_uri):
+    """`mlflow models generate-dockerfile` (what `mlflow models build-docker` builds, minus
+    the Docker daemon this machine lacks): the build context holds the model with dgm's
+    code and requirements that name only packages an index has, and the copied model
+    decodes like the registered one without this checkout on the path."""
+    config = GANConfig(width=8, latent_dim=4)
+    model, _, _ = champion_to_serve(tmp_path, tracking_uri, config, "docker", "virtualenv")
+    out = tmp_path / "context"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "generate-dockerfile",
+         "-m", "models:/dgm-test-docker@champion", "-d", str(out),
+         "--env-manager", "virtualenv"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY model_dir /opt/ml/model" in dockerfile
+    assert "_install_pyfunc_deps('/opt/ml/model', install_mlflow=False, " \
+           "env_manager='virtualenv')" in dockerfile
+    model_dir = out / "model_dir"
+    shipped = {p.relative_to(model_dir / "code").as_posix()
+               for p in (model_dir / "code").rglob("*.py")}
+    package = Path(__file__).parents[2] / "src"
+    assert shipped == {p.relative_to(package).as_posix() for p in (package / "dgm").rglob("*.py")}
+    requirements = (model_dir / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} == {
+        "mlflow", "torch", "numpy", "pydantic", "pyarrow"}
+    probe = ("import mlflow.pyfunc, numpy, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+             "import dgm; assert sys.argv[1] in dgm.__file__, dgm.__file__; "
+             "numpy.save(sys.argv[2], m.predict({'num_samples': 8, 'seed': 4}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", probe, str(model_dir), str(tmp_path / "x.npy")],
+                   check=True, cwd=tmp_path, env=env, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), sample_uint8(model, 8, 4))

@@ -115,6 +115,29 @@ def test_a_trial_larger_than_the_cluster_fails_at_once(ray_session, tune_project
         tune(params, "gan", root=tune_project)
 
 
+def test_a_trial_whose_workers_would_not_fit_a_node_is_refused_before_any_starts(
+        ray_session, tmp_path, tune_project):
+    """The memory check of `dgm train` also guards a study: a trial batch of 8×8 images that
+    (with its gradient) outgrows the largest node fails in one line, with no study written."""
+    params = Params.model_validate(study_params())
+    node = max(n["Resources"]["memory"] for n in ray_session.nodes() if n["Alive"])
+    train = params.train.model_copy(update={"batch_size": int(node / (4 * 64)) + 2})
+    plan = study_mod.StudyPlan(
+        model_name="gan", model_config=params.model("gan"), space=params.search_space("gan"),
+        dataset="digits", dataset_dir=tune_project / "artifacts/data/digits",
+        evaluator_dir=tune_project / "artifacts/evaluator/digits", storage_path=str(tmp_path),
+        tracking_uri=tracking_uri(tune_project), experiment="dgm-digits-memory",
+        pointer=tmp_path / "study.json")
+    with pytest.raises(DgmError, match=r"^each Ray Train worker would hold .* GiB for the "
+                                       r"train and val splits as float32 plus its batch, more "
+                                       r"than the .* GiB Ray gives tasks on a node: use "
+                                       r"a smaller train.batch_size$"):
+        study_mod.run_study(params.tune, train, plan)
+    assert list(tmp_path.iterdir()) == []
+    assert MlflowClient(tracking_uri(tune_project)).get_experiment_by_name(
+        "dgm-digits-memory") is None
+
+
 def test_resume_without_a_study_is_a_user_error(ray_session, tmp_path, tune_project):
     params = Params.model_validate(study_params())
     with pytest.raises(DgmError, match="no earlier study"):

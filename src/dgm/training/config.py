@@ -57,12 +57,14 @@ class TrainConfig(Section):
         (``rows``) as float32, with either ingest its batch share and the batch's gradient
         (``pixels``: C×H×W of one image). The networks come on top: a lower bound."""
         share = -(-self.batch_size // self.num_workers)
-        need = 4 * pixels * ((rows if ingest == "memory" else 0) + 2 * share)
+        batch = 4 * pixels * 2 * share
+        need = 4 * pixels * (rows if ingest == "memory" else 0) + batch
         if node_bytes > 0 and need > node_bytes:  # 0: the cluster did not say
             held = ("the train and val splits as float32 plus its batch" if ingest == "memory"
                     else "its batch")
-            hint = ("train.ingest: stream (with cluster.storage), a smaller dataset or "
-                    "resolution" if ingest == "memory" else "a smaller train.batch_size")
+            hint = ("a smaller train.batch_size" if batch > node_bytes or ingest != "memory"
+                    else "train.ingest: stream (with cluster.storage), a smaller dataset or "
+                    "resolution")
             raise DgmError(f"each Ray Train worker would hold {need / 2**30:.1f} GiB for "
                            f"{held}, more than the {node_bytes / 2**30:.1f} GiB Ray gives tasks "
                            f"on a node: use {hint}")

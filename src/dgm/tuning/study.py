@@ -42,6 +42,7 @@ from dgm.timing import phase
 from dgm.training.config import TrainConfig
 from dgm.training.ray_train import (
     build_job,
+    check_worker_memory,
     make_trainer,
     prepare_cluster,
     resolve_ingest,
@@ -257,6 +258,8 @@ def run_study(cfg: TuneConfig, train: TrainConfig, plan: StudyPlan,
     trial_train = trial_train_config(train, cfg)
     prepare_cluster(trial_train, "tune", driver_cpus=cfg.trial_cpus,
                     storage=plan.cluster_storage)
+    check_worker_memory(trial_train, plan.dataset_dir, resolve_ingest(
+        trial_train.ingest, plan.cluster_storage, plan.dataset_dir))  # before any trial starts
     if resume:
         if not plan.pointer.is_file():
             raise DgmError(f"--resume: no earlier study of {plan.model_name} ({plan.pointer} "
