@@ -159,9 +159,11 @@ guarded(write)
 """
 
 
-def start_writer(out: Path) -> subprocess.Popen:
+def start_writer(out: Path, blocked: frozenset = frozenset()) -> subprocess.Popen:
+    """The writer, started with ``blocked`` signals masked (a mask is inherited)."""
     child = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, blocked))
     assert child.stdout.readline().strip() == "writing", child.stderr.read()
     return child
 
@@ -170,15 +172,26 @@ def leftovers(out: Path) -> list[Path]:
     return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
+@pytest.mark.parametrize("blocked", [False, True], ids=["", "inherited-mask"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signalled_writer_cleans_up_and_keeps_the_previous_output(tmp_path, sig):
+def test_a_signalled_writer_cleans_up_and_keeps_the_previous_output(tmp_path, sig, blocked):
+    """Also when the parent started it with the signals blocked (as multiprocessing's
+    resource tracker blocks them while it spawns): the mask would keep them pending."""
     out = tmp_path / "samples.parquet"
     out.mkdir()
     (out / "part-00000.parquet").write_text("previous")
-    child = start_writer(out)
+    mask = frozenset({signal.SIGINT, signal.SIGTERM} if blocked else ())
+    child = start_writer(out, mask)
     assert leftovers(out)
     child.send_signal(sig)
-    _, err = child.communicate(timeout=30)
+    try:
+        _, err = child.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # say why: the signal blocked, ignored or caught
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        child.kill()
+        pytest.fail("the writer outlived the signal: " + " ".join(
+            line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn",
+                                                                      "SigCgt", "SigPnd"))))
     assert child.returncode == (143 if sig == signal.SIGTERM else 130)
     assert err.strip() == ("dgm: error: terminated" if sig == signal.SIGTERM
                            else "dgm: error: interrupted")

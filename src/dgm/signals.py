@@ -37,9 +37,13 @@ def in_main_thread() -> bool:
 
 def raise_on_sigterm() -> None:
     """SIGTERM raises :class:`Terminated` (in the main thread, unless someone else already
-    handles SIGTERM)."""
-    if in_main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+    handles SIGTERM). A mask inherited from the parent (one that spawned this process while
+    it blocked SIGINT/SIGTERM, as multiprocessing's resource tracker does) is lifted, or the
+    signal would wait forever."""
+    if in_main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
 
 
 @contextlib.contextmanager

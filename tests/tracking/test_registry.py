@@ -98,6 +98,7 @@ def test_champion_moves_only_when_the_metric_improves(logged_model, tracking_uri
     assert (first.promoted, worse.promoted, better.promoted) == (True, False, True)
     assert worse.champion_version == "1" and worse.champion_value == 10.0
     client = MlflowClient(tracking_uri)
+    assert client.get_registered_model(name).description.startswith("dgm generator")
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == better.version == "3"
     assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == worse.version
     loser = client.get_model_version(name, "2").tags
@@ -136,8 +137,8 @@ def test_unknown_models_are_one_line_errors(tracking_uri):
 
 def test_a_model_that_is_not_a_dgm_generator_is_refused(tracking_uri, tmp_path, monkeypatch):
     class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return model_input
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
+            return model_input  # typed: MLflow warns about an untyped predict
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run():

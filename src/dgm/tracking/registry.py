@@ -72,8 +72,9 @@ def register_generator(
     c = client(uri or tracking_uri())
     try:
         c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="dgm generator (pyfunc: predict → images)")
+        new_model = False
+    except MlflowException:  # mlflow.register_model creates it (without "already exists")
+        new_model = True
     try:
         incumbent = c.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -91,6 +92,8 @@ def register_generator(
     # mlflow.register_model resolves a logged model's URI to its source and id (a tracking
     # server's registry wants both); the tracking URI was set by ``client``.
     version = mlflow.register_model(model_uri, name, tags={**(tags or {}), **gate})
+    if new_model:
+        c.update_registered_model(name, description="dgm generator (pyfunc: predict → images)")
     c.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, version.version)
     if promoted:
         message = (f"{name} v{version.version}: {metric}={value:.4g} is the new {CHAMPION}"
