@@ -252,6 +252,14 @@ def test_lineage_of_reads_version_tags_else_the_source_run(registered, tracking_
         lineage_of(f"runs:/{bare}", tracking_uri)
 
 
+def test_a_training_run_missing_from_the_store_is_one_line(tracking_uri):
+    """register@ with a run.json from another store (MLFLOW_TRACKING_URI changed between
+    train and register): a DgmError naming the run and the store, not MLflow's traceback."""
+    with pytest.raises(DgmError, match=r"training run 0123abcd is not in the tracking store "
+                       r"sqlite:///.*: register against the store it was trained with"):
+        lineage_tags_for_version("0123abcd", tracking_uri)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     from dgm.cli import main
 

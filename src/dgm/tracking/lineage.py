@@ -192,7 +192,15 @@ def log_dataset_input(run_id: str, lineage: Mapping[str, str], uri: str | None =
 def lineage_tags_for_version(run_id: str, uri: str | None = None) -> dict[str, str]:
     """The lineage tags of training run ``run_id``, plus ``dgm.lineage.run_id``: what a model
     version registered from that run should carry."""
-    tags = client(uri).get_run(run_id).data.tags
+    c = client(uri)
+    try:
+        tags = c.get_run(run_id).data.tags
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise DgmError(f"training run {run_id} is not in the tracking store "
+                       f"{c.tracking_uri}: register against the store it was trained with "
+                       "(MLFLOW_TRACKING_URI), or train again") from None
     return {**{k: v for k, v in tags.items() if k.startswith(PREFIX)}, PREFIX + "run_id": run_id}
 
 
