@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -194,3 +195,28 @@ def test_the_deps_check_can_fail():
     stage = dict(stage_definitions()["register"])
     stage["deps"] = [d for d in stage["deps"] if not d.startswith("src/dgm/tracking")]
     assert any(f.startswith("src/dgm/tracking/") for f in uncovered(stage))
+
+
+# --- .gitignore lets through exactly what dvc.yaml keeps in git ---------------------------------
+def stage_outputs() -> dict[str, bool]:
+    """Every output of dvc.yaml (outs, metrics, plots) for digits and the `gan` key, and
+    whether DVC caches it (``cache: false``: git keeps it)."""
+    outputs = {}
+    for stage in stage_definitions().values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, options = next(iter(entry.items())) if isinstance(entry, dict) else (
+                    entry, {})
+                path = path.replace("${data.name}", "digits").replace("${key}", "gan")
+                outputs[path] = (options or {}).get("cache", True)
+    return outputs
+
+
+def test_git_ignores_the_cached_outputs_and_keeps_the_others():
+    """`.gitignore` names the `cache: false` outputs one by one: a new one in dvc.yaml that
+    it does not let through would vanish from experiments' commits (`dvc exp show`: `!`)."""
+    outputs = stage_outputs()
+    assert any(not cached for cached in outputs.values())
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=REPO,
+                             input="\n".join(outputs), capture_output=True, text=True).stdout
+    assert {path: path in ignored.splitlines() for path in outputs} == outputs

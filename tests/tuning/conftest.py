@@ -3,6 +3,7 @@ module."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,12 @@ def study_params(**tune) -> dict:
                                    "loss": {"choice": ["nonsaturating", "hinge"]}}},
                  **tune},
     }
+
+
+def second_driver_env(**values: str) -> dict[str, str]:
+    """The environment of a process that joins the session's Ray as a second driver."""
+    import ray
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "RAY_AUTH_MODE": "token",  # a second driver of a local cluster uses its token
+            **values}

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from conftest import TROUBLE
 from mlflow.tracking import MlflowClient
@@ -24,7 +22,7 @@ from dgm.stages.tune import run as tune
 from dgm.tracking.mlflow_runs import tracking_uri
 from dgm.tuning import study as study_mod
 
-from .conftest import study_params
+from .conftest import second_driver_env, study_params
 
 
 def child_runs_of(client: MlflowClient, parent_run_id: str):
@@ -40,10 +38,9 @@ def test_small_study_writes_the_best_config_that_train_uses(ray_session, tune_pr
     params = Params.model_validate(study_params())
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(study_params()))
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "RAY_AUTH_MODE": "token"}  # a second driver of a local cluster uses its token
     done = subprocess.run([sys.executable, "-m", "dgm.cli", "tune", "--model", "gan",
-                           "--params", str(params_file)], cwd=tune_project, env=env,
+                           "--params", str(params_file)], cwd=tune_project,
+                          env=second_driver_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert [line for line in (done.stdout + done.stderr).splitlines()

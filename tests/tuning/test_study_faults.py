@@ -12,7 +12,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -21,7 +20,7 @@ from dgm.stages.layout import Layout
 from dgm.stages.tune import run as tune
 from dgm.tracking.mlflow_runs import tracking_uri
 
-from .conftest import study_params
+from .conftest import second_driver_env, study_params
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +48,7 @@ def test_resume_after_the_driver_is_killed(ray_session, tune_project, tmp_path):
     lay = Layout(tune_project, "digits")
     pointer = lay.study_pointer("gan")
     pointer.unlink(missing_ok=True)
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "RAY_AUTH_MODE": "token",  # a second driver of a local cluster uses its token
-           "MLFLOW_TRACKING_URI": tracking_uri(tune_project)}
+    env = second_driver_env(MLFLOW_TRACKING_URI=tracking_uri(tune_project))
     log = tmp_path / "driver.log"
     driver = subprocess.Popen(
         [sys.executable, "-m", "dgm.cli", "tune", "--model", "gan", "--params",
